@@ -1,0 +1,268 @@
+"""Load and save models: timm names, `hf-hub:` ids and local traitlens / plain checkpoints.
+
+A traitlens model directory holds `config.json` (how to rebuild the network: builder kind,
+architecture, constructor arguments, class names, mean/std) and `model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from traitlens._io import atomic_write
+
+__all__ = [
+    "PRESETS",
+    "ModelLoadError",
+    "create_preset",
+    "load_model",
+    "load_state_dict_file",
+    "register_builder",
+    "save_model",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+#: Named architectures traitlens trains here (datasets.md calibration). Keys are accepted by `load_model`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "traitlens-vit-tiny": {
+        "architecture": "vit_tiny_patch16_224",
+        "model_args": {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3,
+                       "global_pool": "token"},
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    },
+    "traitlens-vit-micro": {
+        "architecture": "vit_tiny_patch16_224",
+        "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                       "global_pool": "token"},
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    },
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be built or its weights could not be loaded; the message names the cause."""
+
+
+Builder = Callable[[dict[str, Any]], nn.Module]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(kind: str) -> Callable[[Builder], Builder]:
+    """Register how to rebuild a saved model of `kind` from its `config.json` (used by `models/`)."""
+
+    def deco(fn: Builder) -> Builder:
+        _BUILDERS[kind] = fn
+        return fn
+
+    return deco
+
+
+@register_builder("timm")
+def _build_timm(config: dict[str, Any]) -> nn.Module:
+    args = dict(config.get("model_args", {}))
+    if config.get("num_classes") is not None:
+        args["num_classes"] = config["num_classes"]
+    return _create_timm(config["architecture"], pretrained=False, **args)
+
+
+def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    if not name.startswith("hf-hub:") and not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelLoadError(f"unknown model '{name}': not a timm architecture, preset or local path.{hint}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, ConnectionError, RuntimeError) as err:
+        if pretrained:
+            raise ModelLoadError(
+                f"could not fetch pretrained weights for '{name}' ({type(err).__name__}: {str(err)[:200]}). "
+                "Without network access pass pretrained=False with a local checkpoint=FILE."
+            ) from err
+        raise ModelLoadError(f"could not build '{name}': {err}") from err
+
+
+def create_preset(name: str, num_classes: int, class_names: list[str] | None = None) -> nn.Module:
+    """Build a fresh (randomly initialised) preset architecture from `PRESETS`."""
+    if name not in PRESETS:
+        raise ModelLoadError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    config = {"kind": "timm", "architecture": preset["architecture"], "model_args": preset["model_args"],
+              "num_classes": num_classes, "mean": preset["mean"], "std": preset["std"],
+              "class_names": class_names}
+    return _attach(_build_timm(config), config)
+
+
+def _attach(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """Record the rebuild config, class names and mean/std on the model so saving and preprocessing work."""
+    model.traitlens_config = {k: v for k, v in config.items() if k != "class_names"}
+    if config.get("class_names"):
+        model.class_names = list(config["class_names"])
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    if config.get("mean") is not None:
+        cfg["mean"] = tuple(config["mean"])
+        cfg["std"] = tuple(config["std"])
+    model.pretrained_cfg = cfg
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors or torch checkpoint; unwraps `{'model': ...}` / `{'state_dict': ...}` nesting."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} does not hold a state dict")
+    return state
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ModelLoadError(
+                f"shape mismatch for '{key}' in {source}: checkpoint {tuple(value.shape)}, "
+                f"model {tuple(own[key].shape)} (wrong num_classes or architecture?)"
+            )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{source} does not match the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
+def _load_dir(path: Path, num_classes: int | None) -> nn.Module:
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelLoadError(f"{path} is a directory without {CONFIG_NAME}; is it a traitlens model directory?")
+    config = json.loads(config_path.read_text())
+    if num_classes is not None and config.get("num_classes") not in (None, num_classes):
+        raise ModelLoadError(
+            f"{path} was saved with num_classes={config.get('num_classes')}, not {num_classes}"
+        )
+    kind = config.get("kind", "timm")
+    if kind not in _BUILDERS:
+        _import_model_builders()
+    if kind not in _BUILDERS:
+        raise ModelLoadError(f"{config_path}: unknown model kind '{kind}'")
+    model = _attach(_BUILDERS[kind](config), config)
+    weights = path / WEIGHTS_NAME
+    _load_weights(model, load_state_dict_file(weights), str(weights))
+    return model
+
+
+def _import_model_builders() -> None:
+    """Importing `traitlens.models` registers the builders of the interpretable models."""
+    try:
+        import traitlens.models  # noqa: F401
+    except ImportError:  # pragma: no cover - models package is optional at this layer
+        log.debug("traitlens.models not importable", exc_info=True)
+
+
+def load_model(
+    name_or_path: str | Path,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+    pretrained: bool | None = None,
+    class_names: list[str] | None = None,
+    **model_args: Any,
+) -> nn.Module:
+    """Load a model by timm name, `hf-hub:` id, preset name or local path, in eval mode.
+
+    Args:
+        name_or_path: a timm architecture (`"vit_small_patch16_224.dino"`), an `hf-hub:org/name` id,
+            a preset from `PRESETS`, a traitlens model directory, or a weights file with a sibling json.
+        num_classes: classifier size; None keeps the architecture's default.
+        checkpoint: extra weights (safetensors or torch state dict) loaded on top, e.g. a trained head.
+        pretrained: fetch published weights; default True for names without a checkpoint.
+        class_names: names for the classes, used by class-name targets and reports.
+        **model_args: passed to `timm.create_model` (e.g. `img_size=64`).
+
+    Raises:
+        ModelLoadError: unknown name, missing file, unreadable checkpoint or a shape mismatch.
+
+    Example:
+        >>> model = load_model("traitlens-quickstart/model")  # doctest: +SKIP
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        model = _load_dir(path, num_classes)
+    elif path.is_file():
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise ModelLoadError(
+                f"{path} is a weights file without {sidecar.name}; pass the architecture name with checkpoint={path}"
+            )
+        config = json.loads(sidecar.read_text())
+        model = _attach(_BUILDERS[config.get("kind", "timm")](config), config)
+        _load_weights(model, load_state_dict_file(path), str(path))
+    elif str(name_or_path) in PRESETS:
+        if num_classes is None:
+            raise ModelLoadError(f"preset '{name_or_path}' needs num_classes")
+        model = create_preset(str(name_or_path), num_classes, class_names)
+    elif any(sep in str(name_or_path) for sep in (os.sep, "/")) and not str(name_or_path).startswith("hf-hub:"):
+        raise ModelLoadError(f"model path not found: {name_or_path}")
+    else:
+        name = str(name_or_path)
+        if pretrained is None:
+            pretrained = checkpoint is None
+        args = dict(model_args)
+        if num_classes is not None:
+            args["num_classes"] = num_classes
+        model = _create_timm(name, pretrained=pretrained, **args)
+        _attach(model, {"kind": "timm", "architecture": name, "model_args": model_args,
+                        "num_classes": getattr(model, "num_classes", num_classes),
+                        "class_names": class_names})
+    if checkpoint is not None:
+        _load_weights(model, load_state_dict_file(checkpoint), str(checkpoint))
+    if class_names:
+        model.class_names = list(class_names)
+    return model.eval()
+
+
+def save_model(model: nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` into `out_dir` atomically (temp files, then rename)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(getattr(model, "traitlens_config", None) or {})
+    if not config:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        arch = cfg.get("architecture")
+        if arch is None:
+            raise ModelLoadError(f"cannot save {type(model).__name__}: no traitlens_config or timm architecture")
+        config = {"kind": "timm", "architecture": arch, "model_args": {},
+                  "num_classes": getattr(model, "num_classes", None)}
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    config.setdefault("mean", list(cfg.get("mean", (0.485, 0.456, 0.406))))
+    config.setdefault("std", list(cfg.get("std", (0.229, 0.224, 0.225))))
+    if getattr(model, "class_names", None):
+        config["class_names"] = list(model.class_names)
+    config.update(extra or {})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
+    atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, default=list)))
+    return out

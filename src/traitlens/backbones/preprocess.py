@@ -1,0 +1,92 @@
+"""Turn image files into model inputs with the model's own mean/std, with clear errors for bad files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["ImageLoadError", "data_config", "load_image", "load_images", "normalize", "unnormalize"]
+
+#: Refuse images above this many pixels (PIL's decompression-bomb guard raises beyond 2× this).
+MAX_IMAGE_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class ImageLoadError(ValueError):
+    """An image file is missing, corrupt, or not an image; the message names the file."""
+
+
+def data_config(model: nn.Module) -> dict:
+    """Mean, std and input size the model expects (timm `pretrained_cfg`, ImageNet defaults otherwise)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    input_size = cfg.get("input_size")
+    if input_size is None and hasattr(model, "patch_embed"):
+        img = getattr(model.patch_embed, "img_size", None)
+        if img is not None:
+            input_size = (3, *img) if isinstance(img, (tuple, list)) else (3, img, img)
+    return {
+        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        "input_size": tuple(input_size) if input_size is not None else (3, 224, 224),
+    }
+
+
+def normalize(model: nn.Module, images01: torch.Tensor) -> torch.Tensor:
+    """Map images in [0, 1] ([B,3,H,W]) to the model's input space."""
+    cfg = data_config(model)
+    mean = torch.tensor(cfg["mean"], dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=images01.dtype, device=images01.device).view(1, -1, 1, 1)
+    return (images01 - mean) / std
+
+
+def unnormalize(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalize`, clamped to [0, 1] for display."""
+    cfg = data_config(model)
+    mean = torch.tensor(cfg["mean"], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image file as float [3,H,W] in [0,1], squash-resized to `size` (H, W) when given.
+
+    Raises:
+        ImageLoadError: the file is missing, not an image, truncated, or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{path}: image too large ({err})") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+    return pil_to_tensor(rgb, size)
+
+
+def pil_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """PIL RGB image → float [3,H,W] in [0,1], bicubic squash-resize to `size` when given."""
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        img = img.resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_images(
+    paths: Sequence[str | Path], model: nn.Module | None = None, size: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Load several files into one [B,3,H,W] batch in [0,1], resized to `size` or the model's input size."""
+    if size is None and model is not None:
+        size = tuple(data_config(model)["input_size"][1:])
+    if size is None:
+        raise ValueError("load_images needs a size or a model to read the input size from")
+    return torch.stack([load_image(p, size) for p in paths])

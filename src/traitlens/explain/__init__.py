@@ -1,0 +1,29 @@
+"""Post-hoc explanation methods, one file each, behind one registry and one `explain` entry point."""
+
+import importlib
+import pkgutil
+
+from traitlens.explain._explanation import Attribution, Explanation
+from traitlens.explain._postprocess import normalize_maps, upsample_maps
+from traitlens.explain._registry import MethodInfo, get_method, list_methods, register_method
+from traitlens.explain._targets import TargetSpec, target_scores
+from traitlens.explain.api import explain
+
+# Every public module in this package is one method that registers itself on import.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "api":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "Attribution",
+    "Explanation",
+    "MethodInfo",
+    "TargetSpec",
+    "explain",
+    "get_method",
+    "list_methods",
+    "normalize_maps",
+    "register_method",
+    "target_scores",
+    "upsample_maps",
+]

@@ -1,0 +1,86 @@
+"""One registry of explanation methods by name, read by the API, the CLI, the web page and the benchmarks."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["MethodInfo", "get_method", "list_methods", "register_method"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is and what it costs (posthoc.md §0 registry metadata).
+
+    Attributes:
+        name: registry name, e.g. "cdam".
+        cls: the explainer class (`Explainer` subclass).
+        signed: negative values are counter-evidence.
+        class_specific: the map depends on the target class.
+        needs_grad: the method backpropagates.
+        default_upsample: "nearest" | "bilinear".
+        default_norm: "none" | "minmax" | "maxabs".
+        cost: forward/backward cost in words, e.g. "1 fwd (trunk no-grad) + 1 bwd, last block".
+        summary: one line for listings.
+        families: model families it runs on: "vit", "cnn", "native".
+        concept: accepts a `Concept` target.
+    """
+
+    name: str
+    cls: type
+    signed: bool
+    class_specific: bool
+    needs_grad: bool
+    default_upsample: str
+    default_norm: str
+    cost: str
+    summary: str
+    families: tuple[str, ...] = ("vit",)
+    concept: bool = False
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    signed: bool,
+    class_specific: bool,
+    needs_grad: bool,
+    default_upsample: str,
+    default_norm: str,
+    cost: str,
+    summary: str,
+    families: tuple[str, ...] = ("vit",),
+    concept: bool = False,
+) -> Callable[[type], type]:
+    """Class decorator adding an explainer to the registry under `name`."""
+
+    def deco(cls: type) -> type:
+        if name in _METHODS:
+            raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls.__qualname__}")
+        info = MethodInfo(name, cls, signed, class_specific, needs_grad, default_upsample, default_norm,
+                          cost, summary, families, concept)
+        cls.info = info
+        _METHODS[name] = info
+        return cls
+
+    return deco
+
+
+def list_methods(pattern: str = "*", family: str | None = None) -> list[MethodInfo]:
+    """Registered methods whose name matches the glob `pattern` (and run on `family` if given), sorted."""
+    return [
+        info for name, info in sorted(_METHODS.items())
+        if fnmatch.fnmatch(name, pattern) and (family is None or family in info.families)
+    ]
+
+
+def get_method(name: str) -> MethodInfo:
+    """Look a method up by name; an unknown name raises a ValueError listing the known ones."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method '{name}'; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+

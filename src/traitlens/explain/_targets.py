@@ -1,0 +1,143 @@
+"""Targets (posthoc.md §0): what to explain, resolved against the logits the method computes anyway."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["TargetSpec", "target_scores"]
+
+TARGET_SPACES = ("logit", "prob", "log_prob")
+
+
+class TargetSpec:
+    """A user's target request, resolved to class ids [B,K] once logits are known.
+
+    Accepted forms: None or "top1" (the prediction), "topk:K", an int, a class name, a list with one
+    entry per image (int or name), a list of lists (K per image), a LongTensor [B] or [B,K], or a
+    `Concept` (CDAM only; see `concept`).
+
+    Args:
+        spec: the request.
+        batch_size: B.
+        num_classes: C, to check indices.
+        class_names: the model's class names, to resolve names.
+    """
+
+    def __init__(
+        self, spec: Any, batch_size: int, num_classes: int | None, class_names: Sequence[str] | None = None
+    ) -> None:
+        self.spec = spec
+        self.batch_size = batch_size
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else None
+        self.concept = spec if _is_concept(spec) else None
+        self.topk: int | None = None
+        self.fixed: torch.Tensor | None = None
+        self._parse()
+
+    def _parse(self) -> None:
+        spec = self.spec
+        if self.concept is not None:
+            return
+        if spec is None or spec == "top1":
+            self.topk = 1
+        elif isinstance(spec, str) and spec.startswith("topk:"):
+            try:
+                self.topk = int(spec.split(":", 1)[1])
+            except ValueError as err:
+                raise ValueError(f"bad target '{spec}': expected 'topk:K' with an integer K") from err
+            if self.topk < 1 or (self.num_classes is not None and self.topk > self.num_classes):
+                raise ValueError(f"target '{spec}': K must be in 1..{self.num_classes}")
+        elif isinstance(spec, torch.Tensor):
+            ids = spec.long()
+            ids = ids.view(-1, 1) if ids.dim() == 1 else ids
+            if ids.dim() == 0:
+                ids = ids.view(1, 1).expand(self.batch_size, 1)
+            self.fixed = self._checked(ids)
+        elif isinstance(spec, (int, str)):
+            self.fixed = self._checked(torch.full((self.batch_size, 1), self._index(spec), dtype=torch.long))
+        elif isinstance(spec, Sequence):
+            if len(spec) != self.batch_size:
+                raise ValueError(
+                    f"a list target needs one entry per image: got {len(spec)} entries for {self.batch_size} images"
+                )
+            rows = [[self._index(t) for t in (item if isinstance(item, Sequence) and not isinstance(item, str)
+                                              else [item])] for item in spec]
+            if len({len(r) for r in rows}) != 1:
+                raise ValueError("every image needs the same number of targets")
+            self.fixed = self._checked(torch.tensor(rows, dtype=torch.long))
+        else:
+            raise TypeError(f"unsupported target {spec!r}")
+
+    def _index(self, t: Any) -> int:
+        if isinstance(t, bool):
+            raise TypeError("a bool is not a class target")
+        if isinstance(t, (int, torch.Tensor)):
+            return int(t)
+        if isinstance(t, str):
+            if self.class_names is None:
+                raise ValueError(f"target '{t}' is a class name but the model carries no class names")
+            if t not in self.class_names:
+                raise ValueError(f"unknown class name '{t}'; known: {', '.join(self.class_names[:20])}"
+                                 + (" ..." if len(self.class_names) > 20 else ""))
+            return self.class_names.index(t)
+        raise TypeError(f"unsupported target {t!r}")
+
+    def _checked(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[0] != self.batch_size:
+            raise ValueError(f"targets for {ids.shape[0]} images given, batch has {self.batch_size}")
+        if self.num_classes is not None and ids.numel() and (ids.min() < 0 or ids.max() >= self.num_classes):
+            bad = ids[(ids < 0) | (ids >= self.num_classes)][0].item()
+            raise ValueError(f"target {bad} out of range for a model with {self.num_classes} classes")
+        return ids
+
+    @property
+    def num_targets(self) -> int | None:
+        """K when known before the forward pass (always, except never for concepts: 1)."""
+        if self.concept is not None:
+            return 1
+        return self.topk if self.topk is not None else int(self.fixed.shape[1])
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether resolving needs the model's predictions (top-k targets)."""
+        return self.topk is not None
+
+    def resolve(self, logits: torch.Tensor | None) -> torch.Tensor:
+        """Class ids [B,K] on the device of `logits` (−1 for concept targets)."""
+        device = logits.device if logits is not None else None
+        if self.concept is not None:
+            return torch.full((self.batch_size, 1), -1, dtype=torch.long, device=device)
+        if self.fixed is not None:
+            return self.fixed.to(device) if device is not None else self.fixed
+        if logits is None:
+            raise ValueError("top-k targets need the model's logits")
+        return logits.detach().topk(self.topk, dim=-1).indices
+
+    def names(self, targets: torch.Tensor) -> list[list[str]] | None:
+        """Readable names for resolved targets."""
+        if self.concept is not None:
+            return [[self.concept.name] for _ in range(targets.shape[0])]
+        if self.class_names is None:
+            return None
+        return [[self.class_names[int(t)] for t in row] for row in targets.tolist()]
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor, space: str = "logit") -> torch.Tensor:
+    """Scores y [B,K] of `targets` in `space` ('logit' default, 'prob' softmax, 'log_prob')."""
+    if space == "logit":
+        out = logits
+    elif space == "prob":
+        out = logits.softmax(-1)
+    elif space == "log_prob":
+        out = logits.log_softmax(-1)
+    else:
+        raise ValueError(f"unknown target_space '{space}'; choose from {TARGET_SPACES}")
+    return out.gather(-1, targets)
+
+
+def _is_concept(spec: Any) -> bool:
+    return hasattr(spec, "vector") and hasattr(spec, "name") and not isinstance(spec, (str, torch.Tensor))

@@ -1,0 +1,98 @@
+"""`explain`: one entry point for every registered method (api.md)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from traitlens.backbones.introspect import class_names_of
+from traitlens.explain._explanation import Explanation
+from traitlens.explain._postprocess import normalize_maps, upsample_maps
+from traitlens.explain._registry import get_method
+from traitlens.explain._targets import TARGET_SPACES, TargetSpec
+
+__all__ = ["explain", "num_classes_of"]
+
+log = logging.getLogger(__name__)
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    """C from the model (`num_classes` attribute), or None when unknown."""
+    n = getattr(model, "num_classes", None)
+    return int(n) if n else None
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = "cdam",
+    target: Any = None,
+    *,
+    target_space: str = "logit",
+    upsample: str | None = None,
+    normalize: str | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain `images` with `method` for `target` (top-1 by default).
+
+    Args:
+        model: a timm ViT (or a model the method supports), in eval mode.
+        images: [B,3,H,W] or [3,H,W] in the model's input space (see `backbones.normalize`).
+        method: a registry name; `list_methods()` shows them all.
+        target: None/"top1", "topk:K", int, class name, list per image, [B,K] tensor, or a `Concept`.
+        target_space: score to explain: "logit" (default), "prob" or "log_prob".
+        upsample: "nearest" | "bilinear"; the method's default when None.
+        normalize: "none" | "minmax" | "maxabs"; the method's default when None.
+        **options: method options (e.g. `head_fusion="max"`), passed to the method's constructor.
+
+    Returns:
+        An `Explanation` with `maps` [B,K,H,W], `patch_maps` [B,K,g_h,g_w], `targets` [B,K], ...
+
+    Raises:
+        ValueError: unknown method, bad target, unknown option value.
+        RuntimeError: called under `torch.inference_mode`.
+
+    Example:
+        >>> exp = explain(model, x, method="cdam", target="topk:3")  # doctest: +SKIP
+    """
+    info = get_method(method)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("explain() cannot run under torch.inference_mode(); gradients and hooks need a normal mode")
+    if target_space not in TARGET_SPACES:
+        raise ValueError(f"unknown target_space '{target_space}'; choose from {TARGET_SPACES}")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [B,3,H,W], got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B,3,H,W], got shape {tuple(images.shape)}")
+    if model.training:
+        warnings.warn("explaining a model in training mode (dropout, batch statistics); call model.eval() first",
+                      stacklevel=2)
+    spec = TargetSpec(target, images.shape[0], num_classes_of(model), class_names_of(model))
+    if spec.concept is not None and not info.concept:
+        raise ValueError(f"method '{method}' does not take a Concept target; concept-capable: cdam and its variants")
+    explainer = info.cls(model, **options)
+    raw = explainer.attribute(images, spec, target_space=target_space)
+    up = upsample or info.default_upsample
+    norm = normalize or info.default_norm
+    if info.signed and norm == "minmax":
+        log.warning("%s is signed; min-max normalisation maps 0 away from 0 (use 'maxabs' to keep the sign)", method)
+    pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), up)
+    maps, degenerate = normalize_maps(pixel, norm)
+    return Explanation(
+        maps=maps.detach(),
+        patch_maps=raw.patch_maps.detach(),
+        targets=raw.targets,
+        method=method,
+        logits=None if raw.logits is None else raw.logits.detach(),
+        head_maps=None if raw.head_maps is None else raw.head_maps.detach(),
+        degenerate=degenerate,
+        signed=info.signed,
+        target_names=spec.names(raw.targets),
+        extras=raw.extras,
+    )

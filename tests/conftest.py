@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny hand-checkable ViTs (posthoc.md §0 "Test fixtures"), built in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+torch.set_num_threads(2)
+
+
+def make_tiny_vit(depth: int = 1, dim: int = 8, heads: int = 2, patch: int = 4, img: int = 8,
+                  num_classes: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
+                  **kwargs) -> VisionTransformer:
+    """A tiny timm ViT: 2×2 grid, P = 4, N = 5 by default; float64 for the oracles."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                              num_classes=num_classes, global_pool=kwargs.pop("global_pool", "token"), **kwargs)
+    # timm zero-initialises the head; random weights make every class distinct.
+    nn.init.normal_(model.head.weight, std=0.5)
+    nn.init.normal_(model.head.bias, std=0.1)
+    return model.to(dtype).eval()
+
+
+def make_uniform_vit(depth: int = 1, **kwargs) -> VisionTransformer:
+    """The U fixture: A = 1/N exactly (q, k rows of qkv zero), MLP output zero, final norm Identity."""
+    model = make_tiny_vit(depth=depth, **kwargs)
+    with torch.no_grad():
+        for blk in model.blocks:
+            D = blk.attn.qkv.in_features
+            blk.attn.qkv.weight[: 2 * D].zero_()
+            blk.attn.qkv.bias[: 2 * D].zero_()
+            blk.mlp.fc2.weight.zero_()
+            blk.mlp.fc2.bias.zero_()
+    model.norm = nn.Identity()
+    return model
+
+
+@pytest.fixture
+def tiny_vit():
+    """Factory fixture: `tiny_vit(depth=2)`."""
+    return make_tiny_vit
+
+
+@pytest.fixture
+def uniform_vit():
+    """Factory fixture for the U fixture."""
+    return make_uniform_vit
+
+
+@pytest.fixture
+def tiny_images():
+    """Factory: `tiny_images(B, img=8)` float64 random images."""
+
+    def make(batch: int = 2, img: int = 8, seed: int = 1, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, 3, img, img, generator=g, dtype=dtype)
+
+    return make
