@@ -1,0 +1,29 @@
+"""traitlens: make Vision Transformer image classifiers explain themselves.
+
+Example:
+    >>> import traitlens as tl
+    >>> model = tl.load_model("traitlens-quickstart/run/best")  # doctest: +SKIP
+    >>> exp = tl.explain(model, images, method="cdam", target="topk:3")  # doctest: +SKIP
+"""
+
+from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
+from traitlens.explain import Explanation, explain, get_method, list_methods
+from traitlens.train import FitConfig, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionProbe",
+    "Explanation",
+    "FitConfig",
+    "__version__",
+    "explain",
+    "fit",
+    "get_method",
+    "list_methods",
+    "load_image",
+    "load_images",
+    "load_model",
+    "normalize",
+    "save_model",
+]

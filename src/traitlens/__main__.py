@@ -1,0 +1,5 @@
+"""`python -m traitlens ...` runs the command line (also under torchrun)."""
+
+from traitlens.cli import main
+
+main()

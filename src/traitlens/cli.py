@@ -1,0 +1,180 @@
+"""The `traitlens` command line: quickstart, data, train, explain, methods."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="traitlens: make Vision Transformer classifiers explain themselves.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate or export datasets.")
+app.add_typer(data_app, name="data")
+
+log = logging.getLogger("traitlens")
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("traitlens-quickstart"), help="Output folder for the model and report."),
+    classes: int = typer.Option(8, help="TraitShapes classes."),
+    epochs: int = typer.Option(12, help="Training epochs."),
+    n_train: int = typer.Option(12_000, help="Training images."),
+    seed: int = typer.Option(0, help="Seed for data and training."),
+) -> None:
+    """Generate TraitShapes, train a tiny ViT, explain it with every method, write an HTML report.
+
+    Example: traitlens quickstart --out runs/qs
+    """
+    from traitlens.quickstart import QuickstartConfig, run_quickstart
+
+    res = run_quickstart(QuickstartConfig(out=out, num_classes=classes, epochs=epochs, n_train=n_train, seed=seed))
+    typer.echo(f"test accuracy {res.test_accuracy:.3f} (colour-histogram baseline {res.histogram_accuracy:.3f}); "
+               f"{res.total_seconds:.0f} s in total")
+    typer.echo(f"model:  {res.model_dir}")
+    typer.echo(f"report: {res.report.resolve()}")
+
+
+@data_app.command("traitshapes")
+def data_traitshapes(
+    out: Path = typer.Option(..., help="Folder to write the CUB-layout dataset into."),
+    classes: int = typer.Option(16, help="Number of classes."),
+    size: int = typer.Option(64, help="Image side in pixels (32-224)."),
+    n: int = typer.Option(10_000, help="Training images."),
+    n_test: int = typer.Option(2_000, help="Test images."),
+    seed: int = typer.Option(0, help="Base seed."),
+    preset: str = typer.Option("default", help="'default' or 'hard'."),
+    workers: int = typer.Option(2, help="Rendering processes."),
+) -> None:
+    """Write a TraitShapes set in the CUB-200-2011 layout (with segmentations and part masks).
+
+    Example: traitlens data traitshapes --out data/ts --classes 16 --size 64 --n 10000
+    """
+    from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, export_cub, materialize
+
+    cfg = TraitShapesConfig(size=size, num_classes=classes, seed=seed, preset=preset)
+    train = materialize(TraitShapes(cfg, "train", n), workers)
+    test = materialize(TraitShapes(cfg, "test", n_test), workers)
+    typer.echo(f"wrote {export_cub(train, out, test=test)}")
+
+
+def _file_dataset(root: Path, split: str, size: tuple[int, int]):
+    from traitlens.data import CUBDataset, ImageFolderDataset
+    from traitlens.data.transforms import Resize
+
+    resize = Resize(size)
+    if (root / "images.txt").is_file():
+        return CUBDataset(root, split=split, transform=resize, with_masks=False)
+    names = {p.name for p in root.iterdir() if p.is_dir()}
+    if split == "train" and "train" in names:
+        return ImageFolderDataset(root, "train", transform=resize)
+    for candidate in ("val", "test"):
+        if split == "test" and candidate in names:
+            return ImageFolderDataset(root, candidate, transform=resize)
+    raise typer.BadParameter(f"{root}: expected a CUB layout (images.txt) or ImageFolder with train/ and val/ or test/")
+
+
+@app.command()
+def train(
+    mode: str = typer.Argument(..., help="linear | finetune"),
+    data: Path = typer.Option(..., help="CUB-layout folder (images.txt) or ImageFolder with train/ and val/."),
+    model: str = typer.Option("traitlens-vit-tiny", help="timm name, hf-hub: id, preset or model folder."),
+    out: Path = typer.Option(Path("runs/train"), help="Run folder: checkpoint.pt, metrics, best/."),
+    epochs: int = typer.Option(10),
+    lr: float = typer.Option(2e-3),
+    batch_size: int = typer.Option(128),
+    weight_decay: float = typer.Option(0.05),
+    schedule: str = typer.Option("onecycle", help="onecycle | cosine | constant"),
+    pretrained: bool = typer.Option(False, help="Fetch published weights for a timm name (needs network)."),
+    img_size: int = typer.Option(0, help="Input size; 0 = the model's own."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train a classifier: `linear` probe on a frozen backbone or full `finetune`.
+
+    Example: traitlens train finetune --data data/ts --model traitlens-vit-tiny --epochs 10 --out runs/ts
+    """
+    from traitlens.backbones import data_config, load_model
+    from traitlens.train import FitConfig, fit
+
+    if mode not in ("linear", "finetune"):
+        raise typer.BadParameter(f"unknown mode '{mode}'; choose linear or finetune")
+    probe = _file_dataset(data, "train", (img_size, img_size) if img_size else (224, 224))
+    num_classes = len(probe.classes)
+    extra = {"img_size": img_size} if img_size else {}
+    net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=list(probe.classes), **extra)
+    size = tuple(data_config(net)["input_size"][1:])
+    train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)
+    res = fit(net, train_set, val_set, FitConfig(epochs=epochs, mode=mode, lr=lr, batch_size=batch_size,
+                                                 weight_decay=weight_decay, schedule=schedule, seed=seed),
+              out=out, resume=resume)
+    typer.echo(f"best val accuracy {res.best_val_acc:.3f}; model in {res.best_dir}")
+
+
+@app.command("explain")
+def explain_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    model: str = typer.Option(..., help="Model folder, timm name or preset."),
+    method: str = typer.Option("cdam", help="A method from `traitlens methods`."),
+    target: str = typer.Option("top1", help="top1 | topk:K | class index | class name"),
+    out: Path = typer.Option(Path("explanations"), help="Output folder."),
+    target_space: str = typer.Option("logit", help="logit | prob | log_prob"),
+    upsample: str = typer.Option("", help="nearest | bilinear (default: the method's)"),
+    normalize_maps: str = typer.Option("", "--normalize", help="none | minmax | maxabs (default: the method's)"),
+) -> None:
+    """Explain image files; writes one PNG overlay per image and target, and the raw maps as .npz.
+
+    Example: traitlens explain bird.png --model traitlens-quickstart/run/best --method cdam --target topk:3
+    """
+    from traitlens.backbones import load_images, load_model, normalize
+    from traitlens.explain import explain
+    from traitlens.viz import overlay, save_png
+
+    net = load_model(model)
+    images01 = load_images(images, model=net)
+    tgt: object = int(target) if target.lstrip("-").isdigit() else target
+    exp = explain(net, normalize(net, images01), method=method, target=tgt, target_space=target_space,
+                  upsample=upsample or None, normalize=normalize_maps or None)
+    out.mkdir(parents=True, exist_ok=True)
+    for b, path in enumerate(images):
+        for k in range(exp.maps.shape[1]):
+            name = exp.target_names[b][k] if exp.target_names else str(int(exp.targets[b, k]))
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+            save_png(overlay(images01[b], exp.maps[b, k], signed=exp.signed), out / f"{path.stem}_{method}_{safe}.png")
+    exp.save(out / f"{method}.npz")
+    if exp.logits is not None:
+        names = getattr(net, "class_names", None)
+        probs = exp.logits.softmax(-1)
+        top = probs.topk(min(3, probs.shape[-1]))
+        for b, path in enumerate(images):
+            preds = ", ".join(f"{names[i] if names else i} {p:.2f}"
+                              for p, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True))
+            typer.echo(f"{path}: {preds}")
+    typer.echo(f"wrote overlays and {method}.npz to {out}")
+
+
+@app.command()
+def methods() -> None:
+    """List every explanation method with its metadata."""
+    from traitlens.explain import list_methods
+
+    typer.echo(f"{'name':22} {'signed':6} {'class':5} {'grad':4} {'families':14} cost")
+    for m in list_methods():
+        typer.echo(f"{m.name:22} {'yes' if m.signed else 'no':6} {'yes' if m.class_specific else 'no':5} "
+                   f"{'yes' if m.needs_grad else 'no':4} {','.join(m.families):14} {m.cost}")
+
+
+def main() -> None:
+    """Entry point of the `traitlens` script: logging to stderr, then the Typer app."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        # Known user errors (bad model name, corrupt image, unknown method, ...) get one line, not a traceback.
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

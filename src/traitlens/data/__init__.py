@@ -1,0 +1,78 @@
+"""The data layer: the synthetic TraitShapes set, real formats, and annotation-aware transforms.
+
+Every dataset returns sample dicts (``image`` float [3,H,W] in [0,1], ``label`` int64, ``index``
+and, where known, ``box``, ``parts``, ``mask``, ``part_masks``, ``trait_masks``) so one set of
+transforms, trainers and metrics serves TraitShapes, CUB-layout folders and ImageFolder trees.
+"""
+
+from traitlens.data.errors import DataError
+from traitlens.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist, read_idx
+from traitlens.data.folders import IMAGE_EXTENSIONS, CUBDataset, ImageFolderDataset, load_image
+from traitlens.data.traitshapes import (
+    PART_NAMES,
+    PRESETS,
+    SLOT_PARTS,
+    SLOTS,
+    InMemoryDataset,
+    TraitShapes,
+    TraitShapesConfig,
+    TraitShapesSample,
+    class_mask,
+    class_names,
+    class_traits,
+    colour_histogram_baseline,
+    differing_slots,
+    discriminative_mask,
+    export_cub,
+    materialize,
+    render,
+    sample_label,
+    sibling_pairs,
+)
+from traitlens.data.transforms import (
+    CenterCrop,
+    Compose,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    ToTensor,
+    hflip,
+)
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "PART_NAMES",
+    "PRESETS",
+    "SLOTS",
+    "SLOT_PARTS",
+    "CUBDataset",
+    "CenterCrop",
+    "Compose",
+    "DataError",
+    "FashionMNIST",
+    "ImageFolderDataset",
+    "InMemoryDataset",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+    "Resize",
+    "ToTensor",
+    "TraitShapes",
+    "TraitShapesConfig",
+    "TraitShapesSample",
+    "class_mask",
+    "class_names",
+    "class_traits",
+    "colour_histogram_baseline",
+    "differing_slots",
+    "discriminative_mask",
+    "export_cub",
+    "hflip",
+    "load_fashion_mnist",
+    "load_image",
+    "materialize",
+    "read_idx",
+    "render",
+    "sample_label",
+    "sibling_pairs",
+]

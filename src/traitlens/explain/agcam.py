@@ -1,0 +1,153 @@
+"""AGCAM: Attention-Guided CAM (Leem & Seo, AAAI 2024; posthoc.md §4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from traitlens.backbones.introspect import ViTLayout
+from traitlens.backbones.probe import AttentionProbe
+from traitlens.explain._base import Explainer, fuse
+from traitlens.explain._explanation import Attribution
+from traitlens.explain._registry import register_method
+from traitlens.explain._targets import TargetSpec
+from traitlens.explain.gradcam import _check_options, _check_state, _chunk_scores, _chunks, _per_target, _target_grads
+
+__all__ = ["AGCAM"]
+
+FUSIONS = ("sum", "mean", "max")
+SCORE_ACTS = ("sigmoid", "none")
+GRAD_ACTS = ("relu", "abs", "none")
+
+
+@register_method(
+    "agcam", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
+    cost="1 forward (unfused attention in all blocks) + 1 backward down to block 1's attention (detached inputs)",
+    summary="Attention-Guided CAM: Σ_k Σ_h sigmoid(S^k_h[q0]) ⊙ ReLU(∂y/∂A^k_h[q0]) with attention inputs detached",
+)
+class AGCAM(Explainer):
+    """M = Σ_k Σ_h sigmoid(Ŝ^k_h) ⊙ ReLU(Ĝ^k_h) ∈ R^P, M ≥ 0 (posthoc.md §4).
+
+    Ŝ^k_h = S^k_h[q0, n_p:] are pre-softmax scores (q·scale)kᵀ, Ĝ^k_h = ∂y/∂A^k_h[q0, n_p:] with A the post-softmax
+    (post-dropout) attention. The input of every attention module is detached, so the gradient reaches A^k only through
+    the final norm, later blocks' MLP branches and skips, and block k's `proj`, never through another block's attention.
+    Only the q0 row of S is kept per block ([B,H,1,N]); one `autograd.grad` covers all A^k. The reference min-maxes
+    after the bilinear upsampling, which is what `explain` does with the registry defaults.
+
+    Args:
+        model: a timm ViT with timm's standard `Attention` (S must be readable).
+        head_fusion: "sum" (reference) | "mean" | "max" over heads.
+        layer_fusion: "sum" (reference) | "mean" | "max" over blocks (applied after the head fusion).
+        score_act: "sigmoid" (reference) | "none".
+        grad_act: "relu" (reference) | "abs" | "none" (the latter two are ablations and may give signed maps).
+        detach_attention_input: detach every attention input (reference: True).
+        multi_target: "vjp" (default; one forward, K batched VJPs) | "expand" (replicate the images per target).
+        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass.
+        query: "cls" (default) | "mean_patches" (average the products over the patch rows instead of row q0).
+
+    `head_maps` hold the per-head maps fused over layers.
+
+    Example:
+        >>> exp = explain(model, x, method="agcam")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, head_fusion: str = "sum", layer_fusion: str = "sum",
+                 score_act: str = "sigmoid", grad_act: str = "relu", detach_attention_input: bool = True,
+                 multi_target: str = "vjp", internal_batch_size: int | None = 16, query: str = "cls") -> None:
+        super().__init__(model)
+        for name, value, allowed in (("head_fusion", head_fusion, FUSIONS), ("layer_fusion", layer_fusion, FUSIONS),
+                                     ("score_act", score_act, SCORE_ACTS), ("grad_act", grad_act, GRAD_ACTS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} '{value}'; choose from {allowed}")
+        _check_options(multi_target, internal_batch_size, query)
+        self.head_fusion, self.layer_fusion = head_fusion, layer_fusion
+        self.score_act, self.grad_act = score_act, grad_act
+        self.detach_attention_input = bool(detach_attention_input)
+        self.multi_target, self.internal_batch_size, self.query = multi_target, internal_batch_size, query
+
+    def _rows(self, layout: ViTLayout) -> slice:
+        """Query rows whose products are averaged: row q0, or the patch rows for 'mean_patches'."""
+        if self.query == "cls":
+            return slice(0, 1)
+        return slice(layout.num_prefix_tokens, layout.num_tokens)
+
+    def _forward(self, inp: torch.Tensor, layout: ViTLayout) -> tuple[torch.Tensor, list[torch.Tensor],
+                                                                      list[torch.Tensor]]:
+        """One forward with all blocks hooked: (logits, S rows [B,H,R,N] per block, A [B,H,N,N] per block).
+
+        The S rows are computed inside each attention's forward hook and q/k are dropped right away, so only
+        [B,H,R,N] per block is stored (R = 1 for the CLS row).
+        """
+        rows = self._rows(layout)
+        L = layout.num_blocks
+        scores: dict[int, torch.Tensor] = {}
+        with torch.enable_grad(), AttentionProbe(self.model, blocks="all", capture=("attn", "q", "k"),
+                                                 detach_attention_input=self.detach_attention_input) as probe:
+
+            def fold(i: int):
+                def hook(module: nn.Module, *_: object) -> None:
+                    q, k = probe.q.pop(i), probe.k.pop(i)
+                    probe.q.pop(i - L, None)
+                    probe.k.pop(i - L, None)
+                    # S is read, never differentiated: keep it out of the graph.
+                    scores[i] = (q.detach()[:, :, rows] * module.scale) @ k.detach().transpose(-2, -1)
+
+                return hook
+
+            handles = [blk.attn.register_forward_hook(fold(i)) for i, blk in enumerate(self.model.blocks)]
+            try:
+                logits = self.model(inp)
+            finally:
+                for h in handles:
+                    h.remove()
+            attn = [probe.attn[i] for i in range(L)]
+        return logits, [scores[i] for i in range(L)], attn
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        _check_state(self.model)
+        layout = self.layout(images)
+        if self.query == "cls" and not layout.has_cls:
+            raise ValueError("the model has no CLS token; pass query='mean_patches'")
+        B, K = images.shape[0], target.num_targets
+        expand = self.multi_target == "expand" and K > 1
+        maps, heads, all_targets, all_logits = [], [], [], []
+        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
+            m, h, t, lg = self._chunk(images[start:stop], target, start, stop, K, expand, layout, target_space)
+            maps.append(m)
+            heads.append(h)
+            all_targets.append(t)
+            all_logits.append(lg)
+        grid = layout.grid
+        return Attribution(torch.cat(maps).reshape(B, K, *grid), torch.cat(all_targets), torch.cat(all_logits),
+                           torch.cat(heads).reshape(B, K, -1, *grid))
+
+    def _chunk(self, x: torch.Tensor, target: TargetSpec, start: int, stop: int, K: int, expand: bool,
+               layout: ViTLayout, space: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        n_p = layout.num_prefix_tokens
+        rows = self._rows(layout)
+        inp = x.repeat_interleave(K, dim=0) if expand else x
+        logits, scores, attn = self._forward(inp, layout)
+        with torch.enable_grad():
+            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
+            grads = _target_grads(y, attn, n, K, expand)  # L × [n,K,H,N,N]
+        del attn
+        per_block = []
+        for s, g in zip(scores, grads):
+            s_hat = _per_target(s, n, K, expand)[..., n_p:]  # [n,K|1,H,R,P]
+            g_hat = g[..., rows, n_p:]  # [n,K,H,R,P]
+            per_block.append((self._act_scores(s_hat) * self._act_grads(g_hat)).mean(-2))  # mean over R query rows
+        del grads
+        stacked = torch.stack(per_block, dim=2)  # [n,K,L,H,P]
+        fused = fuse(fuse(stacked, self.head_fusion, dim=3), self.layer_fusion, dim=2)  # [n,K,P]
+        head_maps = fuse(stacked, self.layer_fusion, dim=2)  # [n,K,H,P]
+        return fused.detach(), head_maps.detach(), targets, image_logits.detach()
+
+    def _act_scores(self, s: torch.Tensor) -> torch.Tensor:
+        return s.sigmoid() if self.score_act == "sigmoid" else s
+
+    def _act_grads(self, g: torch.Tensor) -> torch.Tensor:
+        if self.grad_act == "relu":
+            return F.relu(g)
+        return g.abs() if self.grad_act == "abs" else g

@@ -1,0 +1,336 @@
+"""CDAM: class-discriminative attention maps (Brocki & Chung, arXiv 2312.02364; posthoc.md §1–§3).
+
+Gradient × input taken at one place, the tokens T = `blocks[-1].norm1`(x^(L−1)) that enter the last block's
+attention: S[b,i] = Σ_j T[b,n_p+i,j]·∂y/∂T[b,n_p+i,j]. The trunk (blocks 0..L−2) runs once without grad;
+only the last block, `norm` and the head are differentiated.
+
+This module also holds the engine shared by the variants (`smooth_cdam`, `integrated_cdam`): one pass of the
+last block on given tokens (optionally with T replaced), with several targets by 'expand' or 'vjp', chunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from traitlens.backbones.introspect import ViTLayout
+from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.trunk import head_forward, trunk_forward
+from traitlens.explain._base import Explainer
+from traitlens.explain._explanation import Attribution
+from traitlens.explain._registry import register_method
+from traitlens.explain._targets import TargetSpec, target_scores
+
+__all__ = ["CDAM"]
+
+MULTI_TARGETS = ("expand", "vjp")
+#: rows(idx) → (tokens entering the last block [n,N,D], replacement for T = norm1 output [n,N,D] or None)
+RowFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def check_grad_mode(name: str) -> None:
+    """Refuse `torch.inference_mode` (posthoc.md §0): tensors made there can never join an autograd graph."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{name} cannot run under torch.inference_mode(); it needs gradients")
+
+
+def check_multi_target(multi_target: str, internal_batch_size: int | None) -> None:
+    """Validate the shared batching options."""
+    if multi_target not in MULTI_TARGETS:
+        raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGETS}")
+    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
+                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
+        raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+
+
+def concept_of(target: TargetSpec, target_space: str, model: nn.Module) -> Any:
+    """The target's `Concept` (checked against `model`) or None for class targets."""
+    concept = target.concept
+    if concept is None:
+        return None
+    if target_space != "logit":
+        raise ValueError(f"target_space='{target_space}' applies to class targets; a Concept target explains its "
+                         "similarity score, so leave target_space='logit'")
+    if hasattr(concept, "check_model"):
+        concept.check_model(model)
+    return concept
+
+
+def last_block_forward(
+    model: nn.Module, tokens: torch.Tensor, concept: Any = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(logits, latent) from tokens x^(L−1) entering the last block: last block → norm → forward_head.
+
+    The latent l = forward_head(..., pre_logits=True) is only computed for concept targets; the logits are then
+    read off it (without grad), or None for headless models (`num_classes=0`).
+    """
+    k = len(model.blocks) - 1
+    if concept is None:
+        return head_forward(model, tokens, k), None
+    lat = head_forward(model, tokens, k, pre_logits=True)
+    if not getattr(model, "num_classes", 0):
+        return None, lat
+    head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
+    with torch.no_grad():
+        logits = head(lat)
+    return logits, lat
+
+
+def cdam_pass(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    targets: torch.Tensor | Callable[[torch.Tensor | None], torch.Tensor],
+    *,
+    concept: Any = None,
+    target_space: str = "logit",
+    t_override: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One forward + one backward of the last block: token scores Σ_j T·∂y/∂T for every target.
+
+    Args:
+        model: a timm ViT.
+        tokens: x^(L−1) [M,N,D] entering the last block.
+        targets: class ids [M,K], or a function resolving them from this pass's logits.
+        concept: a Concept target (then y = concept.score(latent), K = 1).
+        target_space: 'logit' | 'prob' | 'log_prob' for class targets.
+        t_override: replaces the output of `blocks[-1].norm1` (noise injected at T, posthoc.md §3); the map
+            and the gradient are then taken at this T̃.
+
+    Returns:
+        (scores [M,K,N] detached, logits [M,C] detached or None, targets [M,K]). With K > 1 the targets are
+        backpropagated in one call with `is_grads_batched` and one-hot grad_outputs ('vjp').
+    """
+    norm1 = model.blocks[-1].norm1
+    handle = None
+    with torch.enable_grad():
+        try:
+            if t_override is not None:
+                t_new = t_override.detach().requires_grad_()
+                # Registered before the probe's hook, so the probe captures the replaced tensor.
+                handle = norm1.register_forward_hook(lambda _m, _i, _o: t_new)
+            with AttentionProbe(model, blocks=[-1], capture=("norm1",)) as probe:
+                logits, lat = last_block_forward(model, tokens, concept)
+        finally:
+            if handle is not None:
+                handle.remove()
+        T = probe.norm1[-1]
+        if callable(targets):
+            targets = targets(logits)
+        y = concept.score(lat).unsqueeze(-1) if concept is not None else target_scores(logits, targets, target_space)
+        M, K = y.shape
+        if K == 1:
+            # Images never mix in an eval-mode ViT, so the gradient of the sum is every image's own gradient.
+            (G,) = torch.autograd.grad(y.sum(), T)
+            scores = (T.detach() * G).sum(-1).unsqueeze(1)
+        else:
+            one_hot = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, M, K).contiguous()
+            (G,) = torch.autograd.grad(y, T, grad_outputs=one_hot, is_grads_batched=True)  # [K,M,N,D]
+            scores = (T.detach().unsqueeze(0) * G).sum(-1).permute(1, 0, 2)
+    return scores.detach(), None if logits is None else logits.detach(), targets
+
+
+def cdam_rows(
+    model: nn.Module,
+    rows: RowFn,
+    targets: torch.Tensor,
+    *,
+    concept: Any = None,
+    target_space: str = "logit",
+    multi_target: str = "expand",
+    internal_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Token scores [M,K,N] for M rows of last-block inputs and their targets [M,K], chunked.
+
+    'expand' turns (row, target) pairs into rows of one-target passes (the tokens x^(L−1) are replicated, never
+    the trunk); 'vjp' runs each row once and backpropagates its K targets with `is_grads_batched`.
+    `internal_batch_size` bounds the rows per pass (None: all in one pass).
+    """
+    M, K = targets.shape
+    device = targets.device
+    kw = {"concept": concept, "target_space": target_space}
+    if K == 1 or multi_target == "vjp":
+        step = internal_batch_size or M
+        out = []
+        for start in range(0, M, step):
+            idx = torch.arange(start, min(M, start + step), device=device)
+            tokens, t_over = rows(idx)
+            out.append(cdam_pass(model, tokens, targets[idx], t_override=t_over, **kw)[0])
+        return torch.cat(out)
+    total = M * K
+    step = internal_batch_size or total
+    out = []
+    for start in range(0, total, step):
+        r = torch.arange(start, min(total, start + step), device=device)
+        src, col = r // K, r % K
+        tokens, t_over = rows(src)
+        out.append(cdam_pass(model, tokens, targets[src, col].unsqueeze(1), t_override=t_over, **kw)[0][:, 0])
+    return torch.cat(out).view(M, K, -1)
+
+
+def to_attribution(
+    scores: torch.Tensor, layout: ViTLayout, targets: torch.Tensor, logits: torch.Tensor | None,
+    exclude_prefix: bool, extras: dict[str, Any] | None = None,
+) -> Attribution:
+    """Token scores [B,K,N] → patch maps [B,K,g_h,g_w]; prefix-token scores go to extras unless excluded."""
+    B, K, N = scores.shape
+    n_p = layout.num_prefix_tokens
+    if layout.num_tokens != N:
+        raise RuntimeError(f"the last block saw {N} tokens, the layout expects {layout.num_tokens} "
+                           f"({n_p} prefix + {layout.num_patches} patches)")
+    extras = dict(extras or {})
+    if not exclude_prefix:
+        extras["prefix_scores"] = scores[..., :n_p]
+    patch = scores[..., n_p:].reshape(B, K, *layout.grid)
+    return Attribution(patch.contiguous(), targets, logits, extras=extras)
+
+
+@register_method(
+    "cdam", signed=True, class_specific=True, needs_grad=True, default_upsample="nearest", default_norm="none",
+    cost="1 forward (trunk without grad) + 1 backward through the last block only; memory N·D per image",
+    summary="Class-discriminative attention maps: Σ_j T·∂y/∂T at the last block's norm1 tokens (signed)",
+    concept=True,
+)
+class CDAM(Explainer):
+    """Vanilla CDAM (posthoc.md §1): S[b,i] = Σ_j T[b,n_p+i,j]·G[b,n_p+i,j], T = blocks[−1].norm1(x^(L−1)), G = ∂y/∂T.
+
+    Signed: positive = evidence for the target, negative = counter-evidence. No layer or head aggregation. With a
+    `Concept` target (§2), y = ⟨l(x), v⟩ or cos(l(x), v) with l the pre-logits computed from the last-block graph.
+    The CLS-token reading (attention scaled by a class-dependent factor) assumes `global_pool='token'`; other
+    pooling warns and still runs.
+
+    Args:
+        model: a timm VisionTransformer (the trunk split needs `_pos_embed`, `norm`, `forward_head`).
+        exclude_prefix: drop the n_p prefix tokens (CLS, registers, distillation) from the map (default True).
+            With False their scores are also returned in `extras["prefix_scores"]` [B,K,n_p].
+        multi_target: several targets per image by 'expand' (default; replicate x^(L−1) K times, rerun only the
+            last block) or 'vjp' (one pass, `is_grads_batched` with one-hot grad_outputs).
+        internal_batch_size: at most this many rows per 'expand' pass (None: one pass).
+
+    Example:
+        >>> exp = explain(model, x, method="cdam", target="topk:3")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, exclude_prefix: bool = True, multi_target: str = "expand",
+                 internal_batch_size: int | None = None) -> None:
+        super().__init__(model)
+        check_multi_target(multi_target, internal_batch_size)
+        self.exclude_prefix = bool(exclude_prefix)
+        self.multi_target = multi_target
+        self.internal_batch_size = internal_batch_size
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        check_grad_mode(self.info.name)
+        layout = self.layout(images)
+        concept = concept_of(target, target_space, self.model)
+        x = trunk_forward(self.model, images, layout.num_blocks - 1)
+        kw = {"concept": concept, "target_space": target_space}
+        if target.num_targets == 1 or self.multi_target == "vjp":
+            # One last-block forward gives the logits to resolve top-k targets and the graph to differentiate.
+            scores, logits, targets = cdam_pass(self.model, x, target.resolve, **kw)
+        else:
+            with torch.no_grad():
+                logits, _ = last_block_forward(self.model, x, concept)
+            targets = target.resolve(logits)
+            scores = cdam_rows(self.model, lambda idx: (x[idx], None), targets, multi_target="expand",
+                               internal_batch_size=self.internal_batch_size, **kw)
+        return to_attribution(scores, layout, targets, logits, self.exclude_prefix)
+
+
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
+
+class PerturbedCDAM(Explainer):
+    """Shared machinery of Smooth and Integrated CDAM (posthoc.md §3); not registered itself.
+
+    Both run g = (last block → norm → head) on x = x^(L−1) from the trunk split. Row s of image b is
+    α_s·base_b + ε_{b,s}, where base is x (`inject_at='block_input'`) or T = norm1(x) (`'norm1_output'`),
+    ε_{b,s} ~ N(0, σ_b²) i.i.d. with σ_b = noise_level·(max(base_b) − min(base_b)) over the whole [N,D] tensor of
+    image b. The map is mean_s Σ_j T̃·∂g/∂T̃ at the rows' own T̃. Subclasses define the α schedule.
+    """
+
+    PRESETS: tuple[str, ...] = ("cdam", "obzai")
+    INJECT_AT: tuple[str, ...] = ("block_input", "norm1_output")
+
+    def __init__(self, model: nn.Module, *, n: int, noise_level: float | None, inject_at: str | None,
+                 preset: str | None, generator: GeneratorArg, multi_target: str, internal_batch_size: int | None,
+                 exclude_prefix: bool, default_noise: dict[str, float], min_n: int) -> None:
+        super().__init__(model)
+        preset = preset or "cdam"
+        if preset not in self.PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; choose from {self.PRESETS}")
+        inject_at = inject_at or ("norm1_output" if preset == "obzai" else "block_input")
+        if inject_at not in self.INJECT_AT:
+            raise ValueError(f"unknown inject_at '{inject_at}'; choose from {self.INJECT_AT}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < min_n:
+            raise ValueError(f"{self._n_name} must be an int ≥ {min_n}, got {n!r}")
+        noise_level = default_noise[preset] if noise_level is None else float(noise_level)
+        if noise_level < 0:
+            raise ValueError(f"noise_level must be ≥ 0, got {noise_level}")
+        check_multi_target(multi_target, internal_batch_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            generator = list(generator)
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise TypeError("generator must be a torch.Generator, a sequence of them (one per image), or None")
+        self.n, self.noise_level, self.inject_at, self.preset = n, noise_level, inject_at, preset
+        self.generator = generator
+        self.multi_target, self.internal_batch_size = multi_target, internal_batch_size
+        self.exclude_prefix = bool(exclude_prefix)
+
+    _n_name = "n"
+
+    def alphas(self) -> list[float]:
+        """The α of each computed row (rows dropped by the schedule are not computed at all)."""
+        raise NotImplementedError
+
+    def _noise(self, base: torch.Tensor, m: int) -> torch.Tensor | None:
+        """ε [B,m,N,D], drawn image by image so a per-image generator makes batched = per-image runs."""
+        if self.noise_level == 0:
+            return None
+        B = base.shape[0]
+        gens: list[torch.Generator | None]
+        if isinstance(self.generator, list):
+            if len(self.generator) != B:
+                raise ValueError(f"got {len(self.generator)} generators for {B} images; pass one per image")
+            gens = self.generator
+        else:
+            gens = [self.generator] * B
+        flat = base.flatten(1)
+        sigma = self.noise_level * (flat.amax(1) - flat.amin(1))  # [B], per image over the whole [N,D]
+        eps = []
+        for b, g in enumerate(gens):
+            dev = g.device if g is not None else base.device
+            z = torch.randn((m, *base.shape[1:]), generator=g, device=dev, dtype=base.dtype).to(base.device)
+            eps.append(z * sigma[b])
+        return torch.stack(eps)
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        check_grad_mode(self.info.name)
+        layout = self.layout(images)
+        concept = concept_of(target, target_space, self.model)
+        x = trunk_forward(self.model, images, layout.num_blocks - 1)
+        # Clean pass: logits to resolve the targets, and T for injection at the norm1 output.
+        with torch.no_grad(), AttentionProbe(self.model, blocks=[-1], capture=("norm1",)) as probe:
+            logits, _ = last_block_forward(self.model, x, concept)
+        targets = target.resolve(logits)
+        base = x if self.inject_at == "block_input" else probe.norm1[-1]
+        alphas = torch.tensor(self.alphas(), dtype=x.dtype, device=x.device)
+        m = alphas.numel()
+        noise = self._noise(base, m)
+
+        def rows(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            b, s = idx // m, idx % m
+            moved = alphas[s].view(-1, 1, 1) * base[b]
+            if noise is not None:
+                moved = moved + noise[b, s]
+            return (moved, None) if self.inject_at == "block_input" else (x[b], moved)
+
+        B, K = targets.shape
+        row_targets = targets.repeat_interleave(m, dim=0)  # row b·m + s explains image b's targets
+        scores = cdam_rows(self.model, rows, row_targets, concept=concept, target_space=target_space,
+                           multi_target=self.multi_target, internal_batch_size=self.internal_batch_size)
+        scores = scores.view(B, m, K, -1).mean(1)
+        return to_attribution(scores, layout, targets, logits, self.exclude_prefix,
+                              extras={"n_rows": m, "noise_level": self.noise_level, "inject_at": self.inject_at})

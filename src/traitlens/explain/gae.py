@@ -1,0 +1,105 @@
+"""Generic attention explainability, GAE (Chefer, Gur & Wolf, ICCV 2021; posthoc.md §8). CDAM calls it "RP"."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from traitlens.backbones.introspect import ViTLayout
+from traitlens.backbones.probe import AttentionProbe
+from traitlens.explain._base import Explainer
+from traitlens.explain._explanation import Attribution
+from traitlens.explain._registry import register_method
+from traitlens.explain._targets import TargetSpec
+from traitlens.explain.gradcam import _check_options, _check_state, _chunk_scores, _chunks, _per_target, _target_grads
+
+__all__ = ["GAE", "gae_relevance"]
+
+
+def gae_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+    """Query row(s) of R_L = (I+Ā_L)⋯(I+Ā_1) with Ā_b = mean_h (G_b,h ⊙ A_b,h)^+ (ReLU before the head mean).
+
+    Args:
+        attn: per block (first to last) A_b [..., H, N, N].
+        grads: per block G_b = ∂y/∂A_b, broadcastable with `attn`.
+        query: row vector(s) e [..., N] selecting the query (one-hot q0, or the mean of the patch rows).
+
+    Returns:
+        eᵀR_L [..., N]. It is computed from the left, r ← r + r·Ā_b for b = L..1, which costs N² per block instead
+        of the N³ of the running matrix product R_b = R_{b−1} + Ā_b·R_{b−1}; both give the same row.
+    """
+    r = query
+    for a, g in zip(reversed(attn), reversed(grads)):
+        a_bar = F.relu(g * a).mean(-3)  # [..., N, N]
+        r = r + (r.unsqueeze(-2) @ a_bar).squeeze(-2)
+    return r
+
+
+@register_method(
+    "gae", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
+    cost="1 forward + 1 backward down to block 1's attention + L N² row updates; 2·L·H·N² floats per image",
+    summary="Generic attention explainability (Chefer ICCV'21; 'RP' in CDAM): R = Π(I + mean_h(G⊙A)^+), CLS row",
+)
+class GAE(Explainer):
+    """GAE (posthoc.md §8): Ā_b = mean_h (G_b,h ⊙ A_b,h)^+, R_L = (I+Ā_L)⋯(I+Ā_1) (no row normalisation),
+    map = R_L[q0, n_p:].
+
+    A is captured in every block without any detach; one `autograd.grad` over all A_b goes back to block 1's
+    attention. `patch_maps` keep the raw vector (what CDAM's comparisons used); `explain` then upsamples
+    bilinearly and min-maxes, as Chefer's notebooks do.
+
+    Args:
+        model: a timm-style ViT whose attention probabilities pass through `attn_drop`.
+        multi_target: "vjp" (default; one forward, K batched VJPs over the stored A) | "expand" (replicate images).
+        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass.
+            Memory is ~2·L·H·N² floats per row (~45 MB at ViT-B/16, 224 px, fp32), so keep it small.
+        query: "cls" (default) | "mean_patches".
+
+    Example:
+        >>> exp = explain(model, x, method="gae", target="topk:3")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | None = 16,
+                 query: str = "cls") -> None:
+        super().__init__(model)
+        _check_options(multi_target, internal_batch_size, query)
+        self.multi_target, self.internal_batch_size, self.query = multi_target, internal_batch_size, query
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        _check_state(self.model)
+        layout = self.layout(images)
+        if self.query == "cls" and not layout.has_cls:
+            raise ValueError("the model has no CLS token; pass query='mean_patches'")
+        B, K = images.shape[0], target.num_targets
+        expand = self.multi_target == "expand" and K > 1
+        maps, all_targets, all_logits = [], [], []
+        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
+            m, t, lg = self._chunk(images[start:stop], target, start, stop, K, expand, layout, target_space)
+            maps.append(m)
+            all_targets.append(t)
+            all_logits.append(lg)
+        return Attribution(torch.cat(maps).reshape(B, K, *layout.grid), torch.cat(all_targets), torch.cat(all_logits))
+
+    def _query(self, layout: ViTLayout, like: torch.Tensor) -> torch.Tensor:
+        """Row vector e [N]: one-hot at q0, or the mean of the patch rows for 'mean_patches'."""
+        e = torch.zeros(layout.num_tokens, dtype=like.dtype, device=like.device)
+        if self.query == "cls":
+            e[0] = 1.0
+        else:
+            e[layout.num_prefix_tokens:] = 1.0 / layout.num_patches
+        return e
+
+    def _chunk(self, x: torch.Tensor, target: TargetSpec, start: int, stop: int, K: int, expand: bool,
+               layout: ViTLayout, space: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        inp = x.repeat_interleave(K, dim=0) if expand else x
+        with torch.enable_grad():
+            with AttentionProbe(self.model, blocks="all", capture=("attn",)) as probe:
+                logits = self.model(inp)
+                attn = [probe.attn[i] for i in range(layout.num_blocks)]
+            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
+            grads = _target_grads(y, attn, n, K, expand)  # L × [n,K,H,N,N]
+        attn = [_per_target(a.detach(), n, K, expand) for a in attn]  # L × [n,K|1,H,N,N]
+        row = gae_relevance(attn, grads, self._query(layout, attn[0]))  # [n,K,N]
+        return row[..., layout.num_prefix_tokens:].detach(), targets, image_logits.detach()

@@ -1,0 +1,300 @@
+"""Grad-CAM: Chefer's ViT definition (posthoc.md §7), its token variant, and classic Grad-CAM for CNNs.
+
+Also home of the small gradient helpers shared by the gradient-based attention methods (AGCAM, GAE):
+state checks, image chunking, target resolution per chunk and one-backward-per-batch target gradients
+(posthoc.md §0 "Batching").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from traitlens.backbones.introspect import ViTLayout, is_vit
+from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.trunk import head_forward, trunk_forward
+from traitlens.explain._base import Explainer, query_row
+from traitlens.explain._explanation import Attribution
+from traitlens.explain._registry import register_method
+from traitlens.explain._targets import TargetSpec, target_scores
+
+__all__ = ["GradCAM", "GradCAMViT"]
+
+MULTI_TARGETS = ("expand", "vjp")
+QUERIES = ("cls", "mean_patches")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared helpers (AGCAM and GAE import these too).
+# --------------------------------------------------------------------------------------------------------------
+
+def _check_state(model: nn.Module) -> None:
+    """Refuse states in which summing scalars over the batch is not a per-image gradient (posthoc.md §0).
+
+    Raises:
+        RuntimeError: under `torch.inference_mode`, or when a BatchNorm layer is in training mode (its batch
+            statistics mix the images, so one backward over the summed batch would not give per-image maps).
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("gradient explanations cannot run under torch.inference_mode(); use a normal mode")
+    training_bn = [name or type(m).__name__ for name, m in model.named_modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if training_bn:
+        raise RuntimeError(
+            f"BatchNorm layers in training mode ({', '.join(training_bn[:3])}{' ...' if len(training_bn) > 3 else ''})"
+            " mix the images of a batch, so per-image gradient maps would be wrong; call model.eval() first"
+        )
+
+
+def _check_options(multi_target: str, internal_batch_size: int | None, query: str | None = None) -> None:
+    if multi_target not in MULTI_TARGETS:
+        raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGETS}")
+    if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
+        raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    if query is not None and query not in QUERIES:
+        raise ValueError(f"unknown query '{query}'; choose from {QUERIES}")
+
+
+def _chunks(n_images: int, num_targets: int, expand: bool, internal_batch_size: int | None) -> list[tuple[int, int]]:
+    """Image ranges [start, stop) so that one pass holds at most `internal_batch_size` rows.
+
+    A row is one image for 'vjp' and one (image, target) pair for 'expand'; at least one image per chunk.
+    """
+    if internal_batch_size is None:
+        step = max(n_images, 1)
+    else:
+        step = max(1, internal_batch_size // num_targets) if expand else internal_batch_size
+    return [(s, min(s + step, n_images)) for s in range(0, n_images, step)]
+
+
+def _resolve_chunk(target: TargetSpec, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Class ids [n,K] for images start..stop-1, from the logits of that chunk (no extra forward)."""
+    ids = target.resolve(logits)
+    return ids if target.needs_logits else ids[start:stop]
+
+
+def _chunk_scores(
+    logits: torch.Tensor, target: TargetSpec, start: int, stop: int, num_targets: int, expand: bool, space: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-image logits [n,C], targets [n,K], scores y) for one chunk.
+
+    With 'expand' the rows are (image, target) pairs in image-major order and y is [n·K, 1] (row b·K+k
+    scores target k of image b); with 'vjp' y is [n,K].
+    """
+    image_logits = logits[::num_targets] if expand else logits
+    targets = _resolve_chunk(target, image_logits, start, stop)
+    if expand:
+        y = target_scores(logits, targets.reshape(-1, 1), space)
+    else:
+        y = target_scores(logits, targets, space)
+    return image_logits, targets, y
+
+
+def _target_grads(y: torch.Tensor, inputs: Sequence[torch.Tensor], n: int, num_targets: int,
+                  expand: bool) -> list[torch.Tensor]:
+    """∂y/∂inputs per (image, target): a list of [n,K,...] tensors, one `autograd.grad` call in all cases.
+
+    'expand': the inputs already hold one row per (image, target), so the summed scores give every row its own
+    gradient. 'vjp': one forward, K one-hot vector-Jacobian products batched with `is_grads_batched`.
+    """
+    if expand:
+        grads = AttentionProbe.grad(y.sum(), inputs)
+        return [g.reshape(n, num_targets, *g.shape[1:]) for g in grads]
+    if num_targets == 1:
+        grads = AttentionProbe.grad(y.sum(), inputs)
+        return [g.unsqueeze(1) for g in grads]
+    eye = torch.eye(num_targets, dtype=y.dtype, device=y.device)
+    one_hots = eye[:, None, :].expand(num_targets, n, num_targets)  # [K,n,K]: row k selects target k of every image
+    grads = AttentionProbe.grad(y, inputs, grad_outputs=one_hots, is_grads_batched=True)
+    return [g.movedim(0, 1) for g in grads]
+
+
+def _per_target(t: torch.Tensor, n: int, num_targets: int, expand: bool) -> torch.Tensor:
+    """A captured forward tensor as [n, K or 1, ...] (replicas in 'expand' mode, broadcastable in 'vjp')."""
+    return t.reshape(n, num_targets, *t.shape[1:]) if expand else t.unsqueeze(1)
+
+
+def _last_block_split(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor],
+                                                                                             torch.Tensor]]:
+    """(x, f) with f(x) = model(images) and x = x^(L−1) from the no-grad trunk (posthoc.md §0 "Trunk split").
+
+    Models without the timm VisionTransformer parts run the full forward instead (x = images), which gives the same
+    gradients with more memory.
+    """
+    k = len(model.blocks) - 1
+    try:
+        tokens = trunk_forward(model, images, k)
+    except TypeError:
+        return images, model
+    return tokens, lambda t: head_forward(model, t, k)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grad-CAM for ViTs (Chefer) and its token variant.
+# --------------------------------------------------------------------------------------------------------------
+
+def attn_cam(attn_rows: torch.Tensor, grad_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chefer's Grad-CAM from query rows a_h = A_h[q0, n_p:] and g_h = G_h[q0, n_p:], both [..., H, P].
+
+    w_h = mean_j g_h[j]; per-head map w_h·a_h; M = ReLU(mean_h(w_h·a_h)) (ReLU after the head mean, as in
+    `GradCam.generate_cam_attn`). Returns (M [..., P], per-head maps [..., H, P]).
+    """
+    heads = grad_rows.mean(-1, keepdim=True) * attn_rows
+    return F.relu(heads.mean(-2)), heads
+
+
+def token_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's ViT recipe on patch tokens [..., P, D] and their gradients [..., P, D].
+
+    α_d = mean_p ∂y/∂act[p, d]; M[p] = ReLU(Σ_d α_d·act[p, d]) → [..., P].
+    """
+    alpha = grads.mean(-2, keepdim=True)
+    return F.relu((alpha * tokens).sum(-1))
+
+
+@register_method(
+    "gradcam_vit", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear",
+    default_norm="minmax", cost="1 forward (trunk without grad) + 1 backward through the last block only",
+    summary="Grad-CAM for ViTs (Chefer): ReLU(mean_h(mean_j G_h[q0]·A_h[q0])) on the last block; "
+            "variant='tokens' is pytorch-grad-cam on norm1 tokens",
+)
+class GradCAMViT(Explainer):
+    """Grad-CAM on the last block of a ViT (posthoc.md §7).
+
+    `variant='attn'` (default, Chefer's `generate_cam_attn`): with A = A^L and G = ∂y/∂A^L,
+    a_h = A_h[q0, n_p:], w_h = mean_j G_h[q0, n_p+j], M = ReLU(mean_h(w_h·a_h)); `head_maps` hold w_h·a_h.
+    `variant='tokens'` (pytorch-grad-cam's ViT recipe): act = `blocks[-1].norm1` patch tokens as [D,g_h,g_w],
+    α_d = spatial mean of ∂y/∂act_d, M = ReLU(Σ_d α_d·act_d); the grid comes from the model.
+
+    Only the last block is hooked; the trunk x^(L−1) runs once without grad and only x^(L−1) is replicated per
+    target ('expand').
+
+    Args:
+        model: a timm ViT.
+        variant: "attn" (default) | "tokens".
+        multi_target: "expand" (default; replicate x^(L−1) per target) | "vjp" (one forward, batched VJPs).
+        internal_batch_size: rows per last-block pass (images×targets for 'expand'); None = one pass.
+        query: "cls" (default) | "mean_patches" (attn variant only; averages the patch rows).
+
+    Example:
+        >>> exp = explain(model, x, method="gradcam_vit", target="topk:2")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, variant: str = "attn", multi_target: str = "expand",
+                 internal_batch_size: int | None = 64, query: str = "cls") -> None:
+        super().__init__(model)
+        if variant not in ("attn", "tokens"):
+            raise ValueError(f"unknown variant '{variant}'; choose 'attn' (Chefer) or 'tokens' (pytorch-grad-cam)")
+        _check_options(multi_target, internal_batch_size, query)
+        self.variant, self.multi_target = variant, multi_target
+        self.internal_batch_size, self.query = internal_batch_size, query
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        _check_state(self.model)
+        layout = self.layout(images)
+        if self.variant == "attn" and self.query == "cls" and not layout.has_cls:
+            raise ValueError("the model has no CLS token; pass query='mean_patches'")
+        B, K = images.shape[0], target.num_targets
+        expand = self.multi_target == "expand" and K > 1
+        tokens, head = _last_block_split(self.model, images)
+        maps, heads, all_targets, all_logits = [], [], [], []
+        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
+            m, h, t, lg = self._chunk(tokens[start:stop], head, target, start, stop, K, expand, layout, target_space)
+            maps.append(m)
+            heads.append(h)
+            all_targets.append(t)
+            all_logits.append(lg)
+        grid = layout.grid
+        patch_maps = torch.cat(maps).reshape(B, K, *grid)
+        head_maps = None if heads[0] is None else torch.cat(heads).reshape(B, K, -1, *grid)
+        return Attribution(patch_maps, torch.cat(all_targets), torch.cat(all_logits).detach(), head_maps,
+                           extras={"variant": self.variant})
+
+    def _chunk(self, x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], target: TargetSpec, start: int,
+               stop: int, K: int, expand: bool, layout: ViTLayout,
+               space: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        inp = x.repeat_interleave(K, dim=0) if expand else x
+        capture = ("attn",) if self.variant == "attn" else ("norm1",)
+        with torch.enable_grad(), AttentionProbe(self.model, blocks=[-1], capture=capture) as probe:
+            logits = head(inp)
+        last = layout.num_blocks - 1
+        with torch.enable_grad():
+            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
+            captured = probe.attn[last] if self.variant == "attn" else probe.norm1[last]
+            (grad,) = _target_grads(y, [captured], n, K, expand)
+        captured = _per_target(captured.detach(), n, K, expand)
+        if self.variant == "attn":
+            a = query_row(captured, layout, self.query)  # [n,K|1,H,P]
+            g = query_row(grad, layout, self.query)  # [n,K,H,P]
+            m, h = attn_cam(a, g)
+            return m.detach(), h.detach(), targets, image_logits
+        n_p = layout.num_prefix_tokens
+        m = token_cam(captured[..., n_p:, :], grad[..., n_p:, :])
+        return m.detach(), None, targets, image_logits
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classic Grad-CAM (CNNs; ViTs dispatch to the token variant).
+# --------------------------------------------------------------------------------------------------------------
+
+@register_method(
+    "gradcam", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear",
+    default_norm="minmax", cost="1 forward (features without grad) + 1 backward through the head only",
+    summary="Classic Grad-CAM: ReLU(Σ_c α_c·A_c) on the last conv stage (timm CNNs); ViTs use norm1 tokens",
+    families=("cnn", "vit"),
+)
+class GradCAM(Explainer):
+    """Classic Grad-CAM (Selvaraju et al., arXiv 1610.02391) on `model.forward_features` (posthoc.md §7, §0).
+
+    A = `model.forward_features(x)` ∈ R^{B×C×h×w} (timm CNNs: the last conv stage), α_c = mean_{ij} ∂y/∂A_c[i,j],
+    M = ReLU(Σ_c α_c·A_c) on the h×w feature grid, which `patch_maps` keeps. This is pytorch-grad-cam's `GradCAM`
+    with the last stage as target layer, before its min-max and resize. The features run once without grad and
+    only they are replicated per target. For a ViT the call dispatches to `gradcam_vit` with `variant='tokens'`.
+
+    Args:
+        model: a timm CNN (`forward_features` → [B,C,h,w], `forward_head`) or a timm ViT; in eval mode.
+        multi_target: "expand" (default; replicate the feature map per target) | "vjp".
+        internal_batch_size: rows per head pass (images×targets for 'expand'); None = one pass.
+
+    Raises:
+        RuntimeError: a BatchNorm layer is in training mode.
+    """
+
+    def __init__(self, model: nn.Module, multi_target: str = "expand", internal_batch_size: int | None = 64) -> None:
+        super().__init__(model)
+        _check_options(multi_target, internal_batch_size)
+        self.multi_target, self.internal_batch_size = multi_target, internal_batch_size
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        if is_vit(self.model):
+            return GradCAMViT(self.model, variant="tokens", multi_target=self.multi_target,
+                              internal_batch_size=self.internal_batch_size).attribute(images, target, target_space)
+        _check_state(self.model)
+        if not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
+            raise TypeError(f"{type(self.model).__name__} lacks forward_features/forward_head; "
+                            "gradcam needs a timm CNN or a timm ViT")
+        with torch.no_grad():
+            feats = self.model.forward_features(images)
+        if feats.dim() != 4:
+            raise TypeError(f"forward_features returned shape {tuple(feats.shape)}; gradcam needs a [B,C,h,w] map")
+        B, K = images.shape[0], target.num_targets
+        expand = self.multi_target == "expand" and K > 1
+        maps, all_targets, all_logits = [], [], []
+        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
+            f = feats[start:stop]
+            n = f.shape[0]
+            # A fresh leaf: the backward stops at the feature map, which is all Grad-CAM needs.
+            inp = (f.repeat_interleave(K, dim=0) if expand else f).detach().requires_grad_()
+            with torch.enable_grad():
+                logits = self.model.forward_head(inp)
+                image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, target_space)
+                (grad,) = _target_grads(y, [inp], n, K, expand)  # [n,K,C,h,w]
+            alpha = grad.mean((-2, -1), keepdim=True)
+            maps.append(F.relu((alpha * f.unsqueeze(1)).sum(2)).detach())
+            all_targets.append(targets)
+            all_logits.append(image_logits.detach())
+        return Attribution(torch.cat(maps), torch.cat(all_targets), torch.cat(all_logits))

@@ -1,0 +1,139 @@
+"""`traitlens quickstart`: the embedded default job, end to end and offline.
+
+Generates a TraitShapes set, trains a tiny ViT on it, explains test images with every registered method
+and writes an HTML report. No downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from traitlens.backbones import create_preset, normalize
+from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
+from traitlens.explain import explain, list_methods
+from traitlens.report import HtmlReport
+from traitlens.train import FitConfig, evaluate_accuracy, fit
+from traitlens.viz import figure_png, head_grid, method_grid
+
+__all__ = ["QuickstartConfig", "QuickstartResult", "run_quickstart"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuickstartConfig:
+    """Sizes of the quickstart run; the defaults reach ≥ 85 % test accuracy in a few CPU minutes."""
+
+    out: Path = Path("traitlens-quickstart")
+    num_classes: int = 8
+    size: int = 64
+    n_train: int = 12_000
+    n_val: int = 1_000
+    n_test: int = 2_000
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    num_workers: int = 2
+    n_explain: int = 4
+    progress: bool = True
+
+
+@dataclass
+class QuickstartResult:
+    """Where the report is and what the run measured."""
+
+    report: Path
+    model_dir: Path
+    test_accuracy: float
+    histogram_accuracy: float
+    train_seconds: float
+    total_seconds: float
+    methods: list[str] = field(default_factory=list)
+    skipped_methods: dict[str, str] = field(default_factory=dict)
+
+
+def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
+    """Run the quickstart and return where the report was written."""
+    cfg = config or QuickstartConfig()
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ts = TraitShapesConfig(size=cfg.size, num_classes=cfg.num_classes, seed=cfg.seed)
+    log.info("generating TraitShapes: %d classes, %d px", cfg.num_classes, cfg.size)
+    train = materialize(TraitShapes(ts, "train", cfg.n_train), cfg.num_workers, cfg.progress)
+    val = materialize(TraitShapes(ts, "val", cfg.n_val), cfg.num_workers, cfg.progress)
+    test = materialize(TraitShapes(ts, "test", cfg.n_test), cfg.num_workers, cfg.progress)
+
+    model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
+    t_train = time.perf_counter()
+    result = fit(model, train, val, FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                              seed=cfg.seed), out=out / "run", progress=cfg.progress)
+    train_seconds = time.perf_counter() - t_train
+    test_acc = evaluate_accuracy(model, test)
+    hist_acc = colour_histogram_baseline(train, test)
+    log.info("test accuracy %.3f (colour-histogram baseline %.3f)", test_acc, hist_acc)
+
+    report = HtmlReport("traitlens quickstart: a tiny ViT on TraitShapes")
+    report.heading("Model and data")
+    report.table(
+        ["quantity", "value"],
+        [["classes", cfg.num_classes], ["image size", f"{cfg.size} px"],
+         ["train / val / test images", f"{cfg.n_train} / {cfg.n_val} / {cfg.n_test}"],
+         ["epochs", cfg.epochs], ["training time", f"{train_seconds:.0f} s"],
+         ["ViT test accuracy", test_acc], ["colour-histogram baseline accuracy", hist_acc],
+         ["chance", 1 / cfg.num_classes]],
+    )
+    report.paragraph("The colour-histogram baseline (logistic regression on per-channel histograms) shows the classes "
+                     "are not separable by colour statistics alone: the model must find the traits.", note=True)
+    report.figure(_curves(result.history), "training curves")
+
+    images01 = torch.stack([test[i]["image"] for i in range(cfg.n_explain)])
+    labels = [test.classes[int(test.labels[i])] for i in range(cfg.n_explain)]
+    x = normalize(model, images01)
+    explanations, skipped = {}, {}
+    for info in list_methods(family="vit"):
+        try:
+            explanations[info.name] = explain(model, x, method=info.name)
+        except Exception as err:  # a broken method must not cost the user the whole report
+            log.warning("method %s failed: %s", info.name, err)
+            skipped[info.name] = f"{type(err).__name__}: {err}"
+    report.heading("Explanations of the predicted class")
+    report.paragraph("Rows: test images (true class on the left). Columns: every registered method, for the "
+                     "model's top-1 class (under each map). Signed maps use the diverging scale: orange = evidence "
+                     "for the class, blue = against, black = 0.")
+    report.figure(method_grid(images01, explanations, row_labels=labels, path=out / "methods.png"),
+                  "images × methods")
+    if "raw_attention" in explanations and explanations["raw_attention"].head_maps is not None:
+        heads = explanations["raw_attention"].head_maps[0, 0]
+        report.figure(head_grid(heads, path=out / "heads.png"), f"last-block CLS attention per head ({labels[0]})")
+    if skipped:
+        report.heading("Methods that failed")
+        report.table(["method", "error"], sorted(skipped.items()))
+    model_dir = result.best_dir or out / "run" / "best"
+    total = time.perf_counter() - t_start
+    report.paragraph(f"Total run time {total:.0f} s. Model saved in {model_dir}.", note=True)
+    path = report.write(out / "report.html")
+    return QuickstartResult(path, model_dir, test_acc, hist_acc, train_seconds, total,
+                            sorted(explanations), skipped)
+
+
+def _curves(history: list[dict[str, float]]) -> bytes:
+    fig, ax = plt.subplots(1, 2, figsize=(8, 2.8))
+    epochs = [h["epoch"] for h in history]
+    ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("train loss")
+    ax[1].plot(epochs, [h["train_acc"] for h in history], marker="o", label="train")
+    if "val_acc" in history[0]:
+        ax[1].plot(epochs, [h["val_acc"] for h in history], marker="o", label="val")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("accuracy")
+    ax[1].legend()
+    return figure_png(fig)

@@ -1,0 +1,321 @@
+"""One trainer for every traitlens classifier: linear probe, fine-tuning and the interpretable models.
+
+Checkpoints are written atomically every epoch; `resume=True` continues exactly (weights, optimizer,
+scheduler, RNG state, epoch). Shuffling uses a generator seeded by (seed, epoch), so a resumed run
+visits the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from traitlens._io import atomic_write
+from traitlens.backbones.loading import save_model
+from traitlens.backbones.preprocess import normalize
+from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+__all__ = ["FitConfig", "FitResult", "evaluate_accuracy", "fit", "iterate_batches"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODES = ("finetune", "linear", "model")
+
+
+@dataclass
+class FitConfig:
+    """Training recipe.
+
+    Attributes:
+        epochs: passes over the training set.
+        mode: "finetune" (all parameters), "linear" (classifier only, backbone frozen) or "model" (train the
+            parameters that already require grad — the interpretable models freeze their own backbone).
+        lr, weight_decay: AdamW (or SGD) settings.
+        optimizer: "adamw" | "sgd".
+        schedule: "onecycle" | "cosine" (linear warm-up of `warmup_epochs`, then cosine) | "constant".
+        batch_size: images per step.
+        label_smoothing: cross-entropy smoothing.
+        grad_clip: max gradient norm (0 disables).
+        seed: seeds initial RNG and the per-epoch shuffling.
+        amp: mixed precision where a GPU exists.
+        selection: "val" (keep the best validation top-1) or "last".
+    """
+
+    epochs: int = 10
+    mode: str = "finetune"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    warmup_epochs: float = 0.0
+    batch_size: int = 128
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0
+    seed: int = 0
+    amp: bool = True
+    selection: str = "val"
+    num_workers: int = 0
+
+
+@dataclass
+class FitResult:
+    """What `fit` produced: per-epoch history, the best validation accuracy and where files went."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    out: Path | None = None
+    best_dir: Path | None = None
+
+
+def iterate_batches(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images [B,3,H,W] float in [0,1], labels [B]) batches.
+
+    In-memory datasets exposing `images` (uint8 [N,3,H,W] / [N,H,W,3] or float [N,3,H,W]) and `labels`
+    tensors, and no transform, are sliced directly: much faster than collating per-item dicts.
+    """
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    images = getattr(dataset, "images", None)
+    labels = getattr(dataset, "labels", None)
+    fast = isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if fast and getattr(dataset, "transform", None) is None:
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield _as_float_images(images[idx]), labels[idx].long()
+        return
+    loader = DataLoader(_Indexed(dataset, order.tolist()), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate_image_label)
+    yield from loader
+
+
+def _as_float_images(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] != 3 and x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset, order: list[int]) -> None:
+        self.dataset, self.order = dataset, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.order[i]]
+
+
+def _collate_image_label(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(items[0], dict):
+        return torch.stack([it["image"] for it in items]), torch.as_tensor([int(it["label"]) for it in items])
+    return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> float:
+    """Top-1 accuracy of `model` (eval mode) on `dataset`."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    correct = total = 0
+    batches = iterate_batches(dataset, batch_size)
+    for images, labels in tqdm(batches, total=math.ceil(len(dataset) / batch_size), disable=not progress,
+                               desc="eval", leave=False):
+        logits = _logits(model(normalize(model, images.to(device))))
+        correct += (logits.argmax(-1).cpu() == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
+    if mode == "linear":
+        if not hasattr(model, "get_classifier"):
+            raise TypeError(f"{type(model).__name__} has no get_classifier(); linear probing needs a timm model")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+    elif mode == "finetune":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters")
+    return params
+
+
+def _optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adamw or sgd")
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int):
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    if cfg.schedule == "cosine":
+        warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    raise ValueError(f"unknown schedule '{cfg.schedule}'; choose onecycle, cosine or constant")
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None = None,
+    config: FitConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train `model` on `train_set`; checkpoint to `out` each epoch and keep the best model in `out/best`.
+
+    Args:
+        model: a timm classifier or a traitlens interpretable model (a `loss(output, labels)` method, if
+            present, replaces cross-entropy).
+        train_set, val_set: datasets yielding dicts with "image" ([3,H,W] in [0,1]) and "label", or in-memory
+            sets with `images`/`labels` tensors.
+        config: the recipe; keyword `overrides` replace its fields (e.g. `epochs=5`).
+        out: run directory (checkpoint.pt, metrics.csv/json, best/); None keeps nothing on disk.
+        resume: continue from `out/checkpoint.pt` exactly where it stopped.
+        on_epoch_end: callback(epoch, metrics) after each checkpoint.
+
+    Returns:
+        A `FitResult`; `model` is left holding the last epoch's weights, in eval mode.
+    """
+    cfg = FitConfig(**{**asdict(config or FitConfig()), **overrides})
+    if cfg.selection not in ("val", "last"):
+        raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val' or 'last'")
+    out_dir = Path(out) if out is not None else None
+    device = _device_of(model)
+    torch.manual_seed(cfg.seed)
+    params = _trainable(model, cfg.mode)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    opt = _optimizer(params, cfg)
+    sched = _scheduler(opt, cfg, steps_per_epoch)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    result = FitResult(out=out_dir)
+    start_epoch = 0
+    if resume:
+        if out_dir is None:
+            raise ValueError("resume=True needs the run directory `out`")
+        state = load_checkpoint(out_dir / CHECKPOINT_NAME, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        start_epoch = state["epoch"] + 1
+        result.history = state["history"]
+        result.best_val_acc = state["best_val_acc"]
+        log.info("resumed from %s at epoch %d", out_dir / CHECKPOINT_NAME, start_epoch)
+    loss_fn = getattr(model, "loss", None)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=shuffle,
+                                   num_workers=cfg.num_workers),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for images, labels in bar:
+            images, labels = normalize(model, images.to(device, non_blocking=True)), labels.to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                output = model(images)
+                logits = _logits(output)
+                loss = (loss_fn(output, labels) if callable(loss_fn)
+                        else F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            seen += labels.numel()
+            loss_sum += loss.item() * labels.numel()
+            correct += (logits.detach().argmax(-1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                   "lr": sched.get_last_lr()[0], "images_per_s": seen / (time.perf_counter() - t0)}
+        if val_set is not None:
+            metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256))
+        result.history.append(metrics)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        improved = val_set is not None and (result.best_val_acc is None or metrics["val_acc"] > result.best_val_acc)
+        if improved:
+            result.best_val_acc = metrics["val_acc"]
+        if out_dir is not None:
+            if (cfg.selection == "val" and improved) or cfg.selection == "last" or val_set is None:
+                result.best_dir = save_model(model, out_dir / "best", extra={"selected": f"epoch {epoch + 1}"})
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": capture_rng(), "epoch": epoch,
+                     "history": result.history, "best_val_acc": result.best_val_acc, "config": asdict(cfg)}
+            save_checkpoint(out_dir / CHECKPOINT_NAME, state)
+            _write_history(out_dir, result.history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    if out_dir is not None and (out_dir / "best").is_dir():
+        result.best_dir = out_dir / "best"
+    model.eval()
+    return result
+
+
+def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
+    atomic_write(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(history, indent=2)))
+    keys = list(dict.fromkeys(k for row in history for k in row))
+
+    def write_csv(p: Path) -> None:
+        with open(p, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(out_dir / "metrics.csv", write_csv)

@@ -1,0 +1,73 @@
+"""Figure grids: images × methods, and per-head maps, exported as PNG."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from traitlens._io import atomic_write
+from traitlens.explain._explanation import Explanation
+from traitlens.viz.overlay import colorize, overlay, to_uint8_image
+
+__all__ = ["figure_png", "head_grid", "method_grid"]
+
+
+def figure_png(fig: plt.Figure, path: str | Path | None = None, dpi: int = 110) -> bytes:
+    """Render a figure to PNG bytes (and to `path` when given), then close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write(path, lambda p: p.write_bytes(data))
+    return data
+
+
+def method_grid(
+    images: torch.Tensor, explanations: Mapping[str, Explanation], target_index: int = 0,
+    row_labels: Sequence[str] | None = None, path: str | Path | None = None,
+) -> bytes:
+    """Grid with one row per image and one column per method (plus the image); returns PNG bytes.
+
+    Args:
+        images: [B,3,H,W] in [0,1] (display space).
+        explanations: method name → Explanation of these images.
+        target_index: which of the K targets to show.
+        row_labels: a caption per image row (e.g. the true class).
+    """
+    names = list(explanations)
+    B = images.shape[0]
+    fig, axes = plt.subplots(B, len(names) + 1, figsize=(1.7 * (len(names) + 1), 1.8 * B), squeeze=False)
+    for b in range(B):
+        axes[b, 0].imshow(to_uint8_image(images[b]))
+        axes[b, 0].set_ylabel(row_labels[b] if row_labels else "", fontsize=7)
+        for j, name in enumerate(names, start=1):
+            exp = explanations[name]
+            axes[b, j].imshow(overlay(images[b], exp.maps[b, target_index], signed=exp.signed))
+            if b == 0:
+                axes[b, j].set_title(name, fontsize=8)
+            if exp.target_names is not None:
+                axes[b, j].set_xlabel(exp.target_names[b][target_index], fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return figure_png(fig, path)
+
+
+def head_grid(head_maps: torch.Tensor | np.ndarray, signed: bool = False, titles: Sequence[str] | None = None,
+              path: str | Path | None = None) -> bytes:
+    """One panel per head from [R,h,w] maps; returns PNG bytes."""
+    maps = head_maps.detach().cpu().numpy() if isinstance(head_maps, torch.Tensor) else np.asarray(head_maps)
+    R = maps.shape[0]
+    fig, axes = plt.subplots(1, R, figsize=(1.6 * R, 1.8), squeeze=False)
+    for r in range(R):
+        axes[0, r].imshow(colorize(maps[r], signed), interpolation="nearest")
+        axes[0, r].set_title(titles[r] if titles else f"head {r}", fontsize=8)
+        axes[0, r].set_xticks([])
+        axes[0, r].set_yticks([])
+    return figure_png(fig, path)
