@@ -94,22 +94,30 @@ def train(
     """Train a classifier: `linear` probe on a frozen backbone or full `finetune`.
 
     Example: traitlens train finetune --data data/ts --model traitlens-vit-tiny --epochs 10 --out runs/ts
+    Distributed: torchrun --nproc-per-node 2 -m traitlens train finetune --data data/ts ...
     """
+    import torch
+
     from traitlens.backbones import data_config, load_model
     from traitlens.train import FitConfig, fit
+    from traitlens.train.distributed import distributed_from_env
 
     if mode not in ("linear", "finetune"):
         raise typer.BadParameter(f"unknown mode '{mode}'; choose linear or finetune")
     probe = _file_dataset(data, "train", (img_size, img_size) if img_size else (224, 224))
     num_classes = len(probe.classes)
     extra = {"img_size": img_size} if img_size else {}
-    net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=list(probe.classes), **extra)
-    size = tuple(data_config(net)["input_size"][1:])
-    train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)
-    res = fit(net, train_set, val_set, FitConfig(epochs=epochs, mode=mode, lr=lr, batch_size=batch_size,
-                                                 weight_decay=weight_decay, schedule=schedule, seed=seed),
-              out=out, resume=resume)
-    typer.echo(f"best val accuracy {res.best_val_acc:.3f}; model in {res.best_dir}")
+    with distributed_from_env() as device:
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=list(probe.classes),
+                         **extra).to(device)
+        size = tuple(data_config(net)["input_size"][1:])
+        train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)
+        res = fit(net, train_set, val_set, FitConfig(epochs=epochs, mode=mode, lr=lr, batch_size=batch_size,
+                                                     weight_decay=weight_decay, schedule=schedule, seed=seed),
+                  out=out, resume=resume)
+    if res.best_val_acc is not None:
+        typer.echo(f"best val accuracy {res.best_val_acc:.3f}; model in {res.best_dir}")
 
 
 @app.command("explain")

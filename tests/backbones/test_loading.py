@@ -42,7 +42,7 @@ def test_weights_file_with_sidecar_json(tmp_path) -> None:
 
 
 def test_unknown_name_suggests_close_matches() -> None:
-    with pytest.raises(ModelLoadError, match="unknown model 'vit_smal_patch16_224'.*vit_small_patch16_224"):
+    with pytest.raises(ModelLoadError, match=r"unknown model 'vit_smal_patch16_224'.*vit_small_patch16_224"):
         load_model("vit_smal_patch16_224")
 
 
@@ -64,7 +64,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path) -> None:
 def test_corrupt_checkpoint_is_named(tmp_path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelLoadError, match="bad.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"bad\.safetensors"):
         load_model("traitlens-vit-micro", num_classes=3, checkpoint=bad)
 
 
@@ -82,5 +82,5 @@ def test_pretrained_download_failure_is_one_clear_line(monkeypatch) -> None:
 def test_directory_without_config(tmp_path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "stuff.txt").write_text(json.dumps({}))
-    with pytest.raises(ModelLoadError, match="without config.json"):
+    with pytest.raises(ModelLoadError, match=r"without config\.json"):
         load_model(tmp_path / "x")

@@ -54,7 +54,7 @@ def test_attention_equals_softmax_of_captured_scores(family: str) -> None:
 def test_layout_reads_prefix_tokens_and_grid() -> None:
     assert vit_layout(_family("deit_distilled")[0]).num_prefix_tokens == 2
     assert vit_layout(_family("registers")[0]).num_prefix_tokens == 5
-    model, x = _family("non_square")
+    model, _x = _family("non_square")
     assert vit_layout(model, (32, 48)).grid == (4, 6)
 
 

@@ -25,10 +25,10 @@ def data_config(model: nn.Module) -> dict:
     """Mean, std and input size the model expects (timm `pretrained_cfg`, ImageNet defaults otherwise)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     input_size = cfg.get("input_size")
-    if input_size is None and hasattr(model, "patch_embed"):
-        img = getattr(model.patch_embed, "img_size", None)
-        if img is not None:
-            input_size = (3, *img) if isinstance(img, (tuple, list)) else (3, img, img)
+    # A ViT built with an img_size override keeps its architecture's pretrained_cfg (224 px): trust the model.
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img is not None:
+        input_size = (3, *img) if isinstance(img, (tuple, list)) else (3, img, img)
     return {
         "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),

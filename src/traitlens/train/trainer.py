@@ -83,20 +83,26 @@ class FitResult:
 
 def iterate_batches(
     dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-    num_workers: int = 0,
+    num_workers: int = 0, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images [B,3,H,W] float in [0,1], labels [B]) batches.
 
     In-memory datasets exposing `images` (uint8 [N,3,H,W] / [N,H,W,3] or float [N,3,H,W]) and `labels`
     tensors, and no transform, are sliced directly: much faster than collating per-item dicts.
+    With `shard=(rank, world)` every global batch of `batch_size` is split across the ranks, so a
+    distributed run sees the same global batches as one process.
     """
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    rank, world = shard
+    if world > 1:
+        order = torch.cat([order[i:i + batch_size][rank::world] for i in range(0, n, batch_size)])
+        batch_size = math.ceil(batch_size / world)
     images = getattr(dataset, "images", None)
     labels = getattr(dataset, "labels", None)
     fast = isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
     if fast and getattr(dataset, "transform", None) is None:
-        for start in range(0, n, batch_size):
+        for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             yield _as_float_images(images[idx]), labels[idx].long()
         return
@@ -138,19 +144,39 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> float:
-    """Top-1 accuracy of `model` (eval mode) on `dataset`."""
+    """Top-1 accuracy of `model` (eval mode) on `dataset`; sharded over ranks when torch.distributed runs."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
+    dist_ = _Dist()
     correct = total = 0
-    batches = iterate_batches(dataset, batch_size)
+    batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world))
     for images, labels in tqdm(batches, total=math.ceil(len(dataset) / batch_size), disable=not progress,
                                desc="eval", leave=False):
         logits = _logits(model(normalize(model, images.to(device))))
         correct += (logits.argmax(-1).cpu() == labels).sum().item()
         total += labels.numel()
     model.train(was_training)
+    correct, total = dist_.sum([correct, total])
     return correct / max(total, 1)
+
+
+class _Dist:
+    """Rank, world size and reductions; a single process is world 1."""
+
+    def __init__(self) -> None:
+        on = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if on else 0
+        self.world = torch.distributed.get_world_size() if on else 1
+        self.is_main = self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Sum numbers over all ranks."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
 
 
 def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
@@ -228,12 +254,18 @@ def fit(
         A `FitResult`; `model` is left holding the last epoch's weights, in eval mode.
     """
     cfg = FitConfig(**{**asdict(config or FitConfig()), **overrides})
+    dist_ = _Dist()
     if cfg.selection not in ("val", "last"):
         raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val' or 'last'")
     out_dir = Path(out) if out is not None else None
     device = _device_of(model)
     torch.manual_seed(cfg.seed)
     params = _trainable(model, cfg.mode)
+    net = model
+    if dist_.world > 1:
+        # DDP averages gradients over ranks; with equal shards of each global batch that is the global mean.
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    progress = progress and dist_.is_main
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     opt = _optimizer(params, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
@@ -260,12 +292,12 @@ def fit(
         shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=shuffle,
-                                   num_workers=cfg.num_workers),
+                                   num_workers=cfg.num_workers, shard=(dist_.rank, dist_.world)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
             images, labels = normalize(model, images.to(device, non_blocking=True)), labels.to(device)
             with torch.autocast(device.type, enabled=use_amp):
-                output = model(images)
+                output = net(images)
                 logits = _logits(output)
                 loss = (loss_fn(output, labels) if callable(loss_fn)
                         else F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing))
@@ -283,16 +315,18 @@ def fit(
             loss_sum += loss.item() * labels.numel()
             correct += (logits.detach().argmax(-1) == labels).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        seen, loss_sum, correct = dist_.sum([seen, loss_sum, correct])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    "lr": sched.get_last_lr()[0], "images_per_s": seen / (time.perf_counter() - t0)}
         if val_set is not None:
             metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256))
         result.history.append(metrics)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
+        if dist_.is_main:
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         improved = val_set is not None and (result.best_val_acc is None or metrics["val_acc"] > result.best_val_acc)
         if improved:
             result.best_val_acc = metrics["val_acc"]
-        if out_dir is not None:
+        if out_dir is not None and dist_.is_main:
             if (cfg.selection == "val" and improved) or cfg.selection == "last" or val_set is None:
                 result.best_dir = save_model(model, out_dir / "best", extra={"selected": f"epoch {epoch + 1}"})
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -300,6 +334,8 @@ def fit(
                      "history": result.history, "best_val_acc": result.best_val_acc, "config": asdict(cfg)}
             save_checkpoint(out_dir / CHECKPOINT_NAME, state)
             _write_history(out_dir, result.history)
+        if dist_.world > 1:
+            torch.distributed.barrier()  # no rank runs ahead of the checkpoint it may need to resume from
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     if out_dir is not None and (out_dir / "best").is_dir():
