@@ -167,6 +167,8 @@ def _load_dir(path: Path, num_classes: int | None) -> nn.Module:
     kind = config.get("kind", "timm")
     if kind not in _BUILDERS:
         _import_model_builders()
+        if kind == "hf-vit":
+            import traitlens.backbones.hf  # noqa: F401  (registers the builder)
     if kind not in _BUILDERS:
         raise ModelLoadError(f"{config_path}: unknown model kind '{kind}'")
     model = _attach(_BUILDERS[kind](config), config)
@@ -194,7 +196,8 @@ def load_model(
     """Load a model by timm name, `hf-hub:` id, preset name or local path, in eval mode.
 
     Args:
-        name_or_path: a timm architecture (`"vit_small_patch16_224.dino"`), an `hf-hub:org/name` id,
+        name_or_path: a timm architecture (`"vit_small_patch16_224.dino"`), an `hf-hub:org/name` id (timm
+            weights on the HF hub), an `hf:org/name` transformers ViT (converted to timm; needs the hf extra),
             a preset from `PRESETS`, a traitlens model directory, or a weights file with a sibling json.
         num_classes: classifier size; None keeps the architecture's default.
         checkpoint: extra weights (safetensors or torch state dict) loaded on top, e.g. a trained head.
@@ -220,11 +223,15 @@ def load_model(
         config = json.loads(sidecar.read_text())
         model = _attach(_BUILDERS[config.get("kind", "timm")](config), config)
         _load_weights(model, load_state_dict_file(path), str(path))
+    elif str(name_or_path).startswith("hf:"):
+        from traitlens.backbones.hf import load_hf_vit
+
+        model = load_hf_vit(str(name_or_path)[3:])
     elif str(name_or_path) in PRESETS:
         if num_classes is None:
             raise ModelLoadError(f"preset '{name_or_path}' needs num_classes")
         model = create_preset(str(name_or_path), num_classes, class_names)
-    elif any(sep in str(name_or_path) for sep in (os.sep, "/")) and not str(name_or_path).startswith("hf-hub:"):
+    elif os.sep in str(name_or_path) and not str(name_or_path).startswith("hf-hub:"):
         raise ModelLoadError(f"model path not found: {name_or_path}")
     else:
         name = str(name_or_path)
