@@ -18,8 +18,9 @@ def make_tiny_vit(depth: int = 1, dim: int = 8, heads: int = 2, patch: int = 4, 
     model = VisionTransformer(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
                               num_classes=num_classes, global_pool=kwargs.pop("global_pool", "token"), **kwargs)
     # timm zero-initialises the head; random weights make every class distinct.
-    nn.init.normal_(model.head.weight, std=0.5)
-    nn.init.normal_(model.head.bias, std=0.1)
+    if num_classes:
+        nn.init.normal_(model.head.weight, std=0.5)
+        nn.init.normal_(model.head.bias, std=0.1)
     return model.to(dtype).eval()
 
 

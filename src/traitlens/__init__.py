@@ -7,13 +7,14 @@ Example:
 """
 
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
-from traitlens.explain import Explanation, explain, get_method, list_methods
+from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
 from traitlens.train import FitConfig, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionProbe",
+    "Concept",
     "Explanation",
     "FitConfig",
     "__version__",

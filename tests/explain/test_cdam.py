@@ -150,21 +150,19 @@ def test_target_space_is_the_softmax_chain_rule(tiny_vit, tiny_images, space) ->
 
 # ---------------------------------------------------------------- oracle 5: hand-written last block
 
-def _functional_block(blk, x):
-    """timm Block by hand: x + proj(softmax(q kᵀ·scale) v) then x + fc2(GELU(fc1(LN2(x))))."""
+def _functional_block(blk, x, t):
+    """timm Block by hand, T = norm1(x) given: z = x + proj(softmax(q kᵀ/√d_h) v); out = z + fc2(GELU(fc1(LN2(z))))."""
     B, N, D = x.shape
     H = blk.attn.num_heads
     dh = D // H
-    t = F.layer_norm(x, (D,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
     qkv = t @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
     q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(B, N, H, dh).transpose(1, 2) for i in range(3))
     a = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(dh), dim=-1)
-    o = (a @ v).transpose(1, 2).reshape(B, N, D)
-    x = x + o @ blk.attn.proj.weight.T + blk.attn.proj.bias
-    u = F.layer_norm(x, (D,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
+    z = x + (a @ v).transpose(1, 2).reshape(B, N, D) @ blk.attn.proj.weight.T + blk.attn.proj.bias
+    u = F.layer_norm(z, (D,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
     h = u @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias
-    h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
-    return t, x + h @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+    h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # exact GELU
+    return z + h @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
 
 
 def test_gradient_matches_hand_written_last_block(tiny_vit, tiny_images) -> None:
@@ -174,29 +172,16 @@ def test_gradient_matches_hand_written_last_block(tiny_vit, tiny_images) -> None
     x = trunk_forward(model, images, 1)
     blk, D = model.blocks[-1], model.embed_dim
 
-    # By hand: T from the functional LayerNorm, then the rest of the block, final norm and head as functions of T.
+    # By hand: T from a functional LayerNorm, then the block, the final norm and the head as functions of T.
     t_hand = F.layer_norm(x, (D,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps).detach().requires_grad_()
-
-    def rest(t):
-        B, N, _ = x.shape
-        H, dh = blk.attn.num_heads, D // blk.attn.num_heads
-        qkv = t @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
-        q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(B, N, H, dh).transpose(1, 2) for i in range(3))
-        a = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(dh), dim=-1)
-        z = x + (a @ v).transpose(1, 2).reshape(B, N, D) @ blk.attn.proj.weight.T + blk.attn.proj.bias
-        u = F.layer_norm(z, (D,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-        h = u @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias
-        z = z + (0.5 * h * (1 + torch.erf(h / math.sqrt(2)))) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
-        cls = F.layer_norm(z[:, 0], (D,), model.norm.weight, model.norm.bias, model.norm.eps)
-        return cls @ model.head.weight.T + model.head.bias
-
-    logits_hand = rest(t_hand)
+    out_hand = _functional_block(blk, x, t_hand)
+    cls = F.layer_norm(out_hand[:, 0], (D,), model.norm.weight, model.norm.bias, model.norm.eps)
+    logits_hand = cls @ model.head.weight.T + model.head.bias
     (g_hand,) = torch.autograd.grad(logits_hand.gather(1, c.view(-1, 1)).sum(), t_hand)
 
-    # The functional block reproduces timm's block (so the hand graph is the real one).
-    t_f, out_f = _functional_block(blk, x)
+    # The functional version reproduces timm's block and the model's logits (so the hand graph is the real one).
     with torch.no_grad():
-        torch.testing.assert_close(out_f, blk(x), atol=1e-12, rtol=0)
+        torch.testing.assert_close(out_hand, blk(x), atol=1e-12, rtol=0)
         torch.testing.assert_close(logits_hand, model(images), atol=1e-12, rtol=0)
 
     # G from the hook on blocks[-1].norm1 after the trunk split.

@@ -3,6 +3,7 @@
 import importlib
 import pkgutil
 
+from traitlens.explain._concept import Concept
 from traitlens.explain._explanation import Attribution, Explanation
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
 from traitlens.explain._registry import MethodInfo, get_method, list_methods, register_method
@@ -16,6 +17,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "Attribution",
+    "Concept",
     "Explanation",
     "MethodInfo",
     "TargetSpec",

@@ -24,8 +24,8 @@ class SmoothCDAM(PerturbedCDAM):
     g = last block → norm → head on x = x^(L−1) from the trunk split (posthoc.md §3); the range is taken over
     the whole [N,D] token tensor of each image. The result is signed. Concept targets work as in CDAM.
 
-    Note: `blocks[-1].norm1` is a LayerNorm, so it removes any common shift/scale of a token. Noise is drawn
-    i.i.d. per entry, so it does change T, but its effect on T shrinks as a token's spread grows.
+    LayerNorm remark: `blocks[-1].norm1` removes each token's mean and scale, so with block-input injection the
+    noise moves T only relative to that token's own spread (σ_b is set by the range of the whole image tensor).
 
     Args:
         model: a timm VisionTransformer.
