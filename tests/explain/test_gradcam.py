@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import traitlens.explain.gradcam as gradcam_mod
 from traitlens.backbones.trunk import trunk_forward
 from traitlens.explain import explain, get_method
+from traitlens.explain import gradcam as gradcam_mod
 from traitlens.explain.gradcam import attn_cam, token_cam
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,9 +111,11 @@ def test_one_head_negated_class_is_degenerate(tiny_vit, tiny_images):
         assert flags.item()
 
 
-@pytest.mark.parametrize("depth", [1, 2])
-def test_functional_autograd_cross_check(tiny_vit, tiny_images, depth):
-    model = tiny_vit(depth=depth, seed=3)
+@pytest.mark.parametrize(("depth", "reg_tokens"), [(1, 0), (2, 0), (2, 2)])
+def test_functional_autograd_cross_check(tiny_vit, tiny_images, depth, reg_tokens):
+    model = tiny_vit(depth=depth, seed=3, reg_tokens=reg_tokens)
+    n_p = 1 + reg_tokens
+    assert model.num_prefix_tokens == n_p
     x = tiny_images(3)
     exp = explain(model, x, "gradcam_vit", target="topk:3")
     last = model.blocks[-1]
@@ -124,10 +126,10 @@ def test_functional_autograd_cross_check(tiny_vit, tiny_images, depth):
     for k in range(3):
         c = exp.targets[:, k]
         (g,) = torch.autograd.grad(logits.gather(1, c[:, None]).sum(), a, retain_graph=True)
-        w = g[:, :, 0, 1:].mean(-1, keepdim=True)
-        m = F.relu((w * a[:, :, 0, 1:]).mean(1)).detach()
+        w = g[:, :, 0, n_p:].mean(-1, keepdim=True)
+        m = F.relu((w * a[:, :, 0, n_p:]).mean(1)).detach()
         torch.testing.assert_close(exp.patch_maps[:, k].reshape(3, -1), m, atol=1e-12, rtol=1e-9)
-        torch.testing.assert_close(exp.head_maps[:, k].reshape(3, 2, -1), (w * a[:, :, 0, 1:]).detach())
+        torch.testing.assert_close(exp.head_maps[:, k].reshape(3, 2, -1), (w * a[:, :, 0, n_p:]).detach())
 
 
 def test_tokens_variant_functional(tiny_vit, tiny_images):
@@ -170,6 +172,37 @@ def test_batched_targets_and_chunks(tiny_vit, tiny_images, variant):
         chunked = explain(model, x, "gradcam_vit", target="topk:3", variant=variant, internal_batch_size=ibs)
         torch.testing.assert_close(chunked.patch_maps, ref.patch_maps, atol=1e-12, rtol=1e-9)
         assert torch.equal(chunked.targets, ref.targets)
+
+
+@pytest.mark.parametrize("variant", ["attn", "tokens"])
+def test_fixed_targets_follow_their_images_into_chunks(tiny_vit, tiny_images, variant):
+    """Different fixed targets per image: every chunk must pick its own images' rows."""
+    model = tiny_vit(depth=2, seed=8)
+    x = tiny_images(3)
+    targets = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    ref = explain(model, x, "gradcam_vit", target=targets, variant=variant)
+    assert torch.equal(ref.targets, torch.tensor(targets))
+    for b in range(3):
+        single = explain(model, x[b:b + 1], "gradcam_vit", target=[targets[b]], variant=variant)
+        torch.testing.assert_close(single.patch_maps[0], ref.patch_maps[b], atol=1e-12, rtol=1e-9)
+    for mode in ("vjp", "expand"):
+        for ibs in (1, 3, 4):
+            chunked = explain(model, x, "gradcam_vit", target=targets, multi_target=mode, internal_batch_size=ibs,
+                              variant=variant)
+            torch.testing.assert_close(chunked.patch_maps, ref.patch_maps, atol=1e-12, rtol=1e-9)
+            assert torch.equal(chunked.targets, ref.targets)
+
+
+@pytest.mark.parametrize("variant", ["attn", "tokens"])
+def test_frozen_parameters_same_maps(tiny_vit, tiny_images, variant):
+    """Frozen weights: the leaf rule makes the captured tensors differentiable and the maps do not change."""
+    model = tiny_vit(depth=2, seed=9)
+    x = tiny_images(2)
+    ref = explain(model, x, "gradcam_vit", target="topk:2", variant=variant)
+    model.requires_grad_(False)
+    for mode in ("vjp", "expand"):
+        frozen = explain(model, x, "gradcam_vit", target="topk:2", variant=variant, multi_target=mode)
+        torch.testing.assert_close(frozen.patch_maps, ref.patch_maps, atol=1e-12, rtol=1e-9)
 
 
 def test_hooks_removed_and_fused_restored(tiny_vit, tiny_images, monkeypatch):
@@ -248,6 +281,14 @@ def test_cnn_batched_and_multi_target(tiny_cnn):
         torch.testing.assert_close(one.patch_maps[:, 0], ref.patch_maps[:, k], atol=1e-6, rtol=1e-4)
     chunked = explain(tiny_cnn, x, "gradcam", target="topk:3", internal_batch_size=2)
     torch.testing.assert_close(chunked.patch_maps, ref.patch_maps, atol=1e-6, rtol=1e-4)
+    targets = [[0, 1, 2], [2, 0, 1], [1, 2, 0]]
+    fixed = explain(tiny_cnn, x, "gradcam", target=targets)
+    for mode in ("vjp", "expand"):
+        chunked = explain(tiny_cnn, x, "gradcam", target=targets, internal_batch_size=1, multi_target=mode)
+        torch.testing.assert_close(chunked.patch_maps, fixed.patch_maps, atol=1e-6, rtol=1e-4)
+    for b in range(3):
+        single = explain(tiny_cnn, x[b:b + 1], "gradcam", target=[targets[b]])
+        torch.testing.assert_close(single.patch_maps[0], fixed.patch_maps[b], atol=1e-6, rtol=1e-4)
     assert_clean(tiny_cnn)
 
 
@@ -304,9 +345,10 @@ def test_peer_pytorch_grad_cam_cnn(tiny_cnn):
     assert_clean(tiny_cnn)
 
 
-def test_peer_pytorch_grad_cam_vit(tiny_vit):
-    model = tiny_vit(depth=2, img=16, dtype=torch.float32, seed=7)  # 4×4 grid
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("img", [(16, 16), (8, 16)])  # 4×4 and a non-square 2×4 grid
+def test_peer_pytorch_grad_cam_vit(tiny_vit, img):
+    model = tiny_vit(depth=2, img=img, dtype=torch.float32, seed=7)
+    x = torch.randn(2, 3, *img, generator=torch.Generator().manual_seed(3))
     n_p, (g_h, g_w) = model.num_prefix_tokens, model.patch_embed.grid_size
 
     def reshape_transform(t: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,16 @@ from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.explain._base import Explainer, fuse
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import (
+    _check_options,
+    _check_state,
+    _chunk_scores,
+    _chunks,
+    _per_target,
+    _target_grads,
+)
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
-from traitlens.explain.gradcam import _check_options, _check_state, _chunk_scores, _chunks, _per_target, _target_grads
 
 __all__ = ["AGCAM"]
 
@@ -134,7 +141,7 @@ class AGCAM(Explainer):
             grads = _target_grads(y, attn, n, K, expand)  # L × [n,K,H,N,N]
         del attn
         per_block = []
-        for s, g in zip(scores, grads):
+        for s, g in zip(scores, grads, strict=True):
             s_hat = _per_target(s, n, K, expand)[..., n_p:]  # [n,K|1,H,R,P]
             g_hat = g[..., rows, n_p:]  # [n,K,H,R,P]
             per_block.append((self._act_scores(s_hat) * self._act_grads(g_hat)).mean(-2))  # mean over R query rows

@@ -10,9 +10,16 @@ from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.explain._base import Explainer
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import (
+    _check_options,
+    _check_state,
+    _chunk_scores,
+    _chunks,
+    _per_target,
+    _target_grads,
+)
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
-from traitlens.explain.gradcam import _check_options, _check_state, _chunk_scores, _chunks, _per_target, _target_grads
 
 __all__ = ["GAE", "gae_relevance"]
 
@@ -30,7 +37,7 @@ def gae_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor], query: to
         of the N³ of the running matrix product R_b = R_{b−1} + Ā_b·R_{b−1}; both give the same row.
     """
     r = query
-    for a, g in zip(reversed(attn), reversed(grads)):
+    for a, g in zip(reversed(attn), reversed(grads), strict=True):
         a_bar = F.relu(g * a).mean(-3)  # [..., N, N]
         r = r + (r.unsqueeze(-2) @ a_bar).squeeze(-2)
     return r
