@@ -21,6 +21,8 @@ __all__ = [
     "CHANNEL_REDUCTIONS",
     "MULTI_TARGET",
     "check_model_state",
+    "check_options",
+    "check_patch_size",
     "gaussian_blur",
     "input_gradients",
     "patch_geometry",
@@ -76,7 +78,7 @@ def patch_geometry(
         layout = vit_layout(model, image_size)
         return layout.patch_size, layout.grid
     p = _pair(patch_size if patch_size is not None else DEFAULT_PATCH)
-    if H < p[0] or W < p[1]:
+    if p[0] > H or p[1] > W:
         raise ValueError(f"patch size {p} is larger than the image {image_size}; pass a smaller patch_size")
     return p, (H // p[0], W // p[1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from typing import Any
@@ -45,7 +46,8 @@ def explain(
         method: a registry name; `list_methods()` shows them all.
         target: None/"top1", "topk:K", int, class name, list per image, [B,K] tensor, or a `Concept`.
         target_space: score to explain: "logit" (default), "prob" or "log_prob".
-        upsample: "nearest" | "bilinear"; the method's default when None.
+        upsample: "nearest" | "bilinear"; when None, the method's default (pixel-space methods keep their
+            full-resolution map).
         normalize: "none" | "minmax" | "maxabs"; the method's default when None.
         **options: method options (e.g. `head_fusion="max"`), passed to the method's constructor.
 
@@ -76,13 +78,16 @@ def explain(
     spec = TargetSpec(target, images.shape[0], num_classes_of(model), class_names_of(model))
     if spec.concept is not None and not info.concept:
         raise ValueError(f"method '{method}' does not take a Concept target; concept-capable: cdam and its variants")
+    _check_options(info.cls, method, options)
     explainer = info.cls(model, **options)
     raw = explainer.attribute(images, spec, target_space=target_space)
-    up = upsample or info.default_upsample
     norm = normalize or info.default_norm
     if info.signed and norm == "minmax":
         log.warning("%s is signed; min-max normalisation maps 0 away from 0 (use 'maxabs' to keep the sign)", method)
-    pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), up)
+    if upsample is None and "pixel_maps" in raw.extras:
+        pixel = raw.extras["pixel_maps"]  # pixel-space methods keep their full-resolution map
+    else:
+        pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), upsample or info.default_upsample)
     maps, degenerate = normalize_maps(pixel, norm)
     return Explanation(
         maps=maps.detach(),
@@ -96,3 +101,14 @@ def explain(
         target_names=spec.names(raw.targets),
         extras=raw.extras,
     )
+
+
+def _check_options(cls: type, method: str, options: dict[str, Any]) -> None:
+    """Name unknown options and list the valid ones, instead of Python's bare TypeError."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [name for name in params if name not in ("self", "model")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"{method} got unknown options: {', '.join(unknown)}; valid: {', '.join(valid)}")

@@ -55,7 +55,7 @@ def path_coefficients(method: str, n_steps: int, trapezoid_weights: str = "exact
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(m)
         return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * weights)
-    raise ValueError(f"unknown IG method '{method}'; choose from {METHODS}")
+    raise ValueError(f"unknown integration '{method}'; choose from {METHODS}")
 
 
 @register_method(
@@ -76,7 +76,8 @@ class IntegratedGradients(Explainer):
     Args:
         model: any image classifier (ViT, CNN, ...), in eval mode.
         n_steps: m, gradient evaluations along the path (default 50).
-        method: "riemann_right" (reference) | "riemann_left" | "riemann_middle" | "riemann_trapezoid" |
+        integration: the quadrature, captum's `method` (renamed: `explain` takes `method` for the registry name):
+            "riemann_right" (reference) | "riemann_left" | "riemann_middle" | "riemann_trapezoid" |
             "gausslegendre" (captum's default); see `path_coefficients`.
         baseline: "zero" (reference) | "black" (pixel value 0 mapped through the model's mean/std) | "blur"
             (the image blurred with a Gaussian of `blur_sigma` pixels) | a number | a tensor broadcastable to
@@ -92,7 +93,7 @@ class IntegratedGradients(Explainer):
         >>> exp = explain(model, x, method="integrated_gradients", n_steps=32)  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, n_steps: int = 50, method: str = "riemann_right",
+    def __init__(self, model: nn.Module, n_steps: int = 50, integration: str = "riemann_right",
                  baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 10.0,
                  trapezoid_weights: str = "exact", channel_reduce: str = "mean",
                  patch_size: int | tuple[int, int] | None = None, multi_target: str = "expand",
@@ -101,8 +102,8 @@ class IntegratedGradients(Explainer):
         check_options(channel_reduce, multi_target, internal_batch_size)
         if not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-        if method not in METHODS:
-            raise ValueError(f"unknown IG method '{method}'; choose from {METHODS}")
+        if integration not in METHODS:
+            raise ValueError(f"unknown integration '{integration}'; choose from {METHODS}")
         if trapezoid_weights not in ("exact", "captum"):
             raise ValueError(f"unknown trapezoid_weights '{trapezoid_weights}'; choose 'exact' or 'captum'")
         if isinstance(baseline, str) and baseline not in BASELINES:
@@ -111,8 +112,8 @@ class IntegratedGradients(Explainer):
             raise TypeError(f"baseline must be one of {BASELINES}, a number or a tensor, got {type(baseline).__name__}")
         if blur_sigma <= 0:
             raise ValueError(f"blur_sigma must be positive, got {blur_sigma}")
-        self.alphas, self.weights = path_coefficients(method, n_steps, trapezoid_weights)
-        self.n_steps, self.method, self.baseline, self.blur_sigma = n_steps, method, baseline, blur_sigma
+        self.alphas, self.weights = path_coefficients(integration, n_steps, trapezoid_weights)
+        self.n_steps, self.integration, self.baseline, self.blur_sigma = n_steps, integration, baseline, blur_sigma
         self.channel_reduce, self.patch_size = channel_reduce, check_patch_size(patch_size)
         self.multi_target, self.internal_batch_size = multi_target, internal_batch_size
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
 
 from traitlens.backbones.introspect import vit_layout
 from traitlens.backbones.trunk import head_forward
@@ -35,7 +36,7 @@ class TokenAblationMap(Explainer):
     keep the sequence length.
 
     Args:
-        model: a timm VisionTransformer (needs `patch_embed`, `_pos_embed`, `blocks`, `norm`, `forward_head`).
+        model: a timm `VisionTransformer` or subclass (else NotImplementedError naming the class).
         ablation: "drop" (reference) | "zero" (replace E[n_p+i] by zeros, position included) |
             "mean_token" (replace it by the mean of the image's patch embeddings); the last two are our extensions.
         internal_batch_size: ablated sequences per forward (default 64; None = all at once).
@@ -50,9 +51,12 @@ class TokenAblationMap(Explainer):
             raise ValueError(f"unknown ablation '{ablation}'; choose from {ABLATIONS}")
         if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
             raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
-        for name in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head"):
-            if not hasattr(model, name):
-                raise TypeError(f"{type(model).__name__} lacks `{name}`; TAM needs a timm VisionTransformer")
+        if not isinstance(model, VisionTransformer):
+            # Others (EVA with RoPE, Swin, ...) do not run blocks on a plain token sequence.
+            cls = type(model)
+            raise NotImplementedError(
+                f"TAM needs a timm VisionTransformer (or subclass), not {cls.__module__}.{cls.__qualname__}"
+            )
         self.ablation, self.internal_batch_size = ablation, internal_batch_size
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,394 @@
+"""LRP-based transformer attribution (Chefer, Gur & Wolf, CVPR 2021, arXiv 2012.09838; posthoc.md §9).
+
+The relevance pass is a functional re-implementation of timm's `Block` that reuses the model's own modules and
+weights (no model copy, no relprop-capable model class). Reference: `hila-chefer/Transformer-Explainability`,
+`baselines/ViT/ViT_LRP.py` and `modules/layers_ours.py` (MIT); its rules are re-derived here in closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerScale, Mlp
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+from traitlens.backbones.probe import AttentionProbe
+from traitlens.explain._base import Explainer, query_row
+from traitlens.explain._explanation import Attribution
+from traitlens.explain._registry import register_method
+from traitlens.explain._targets import TargetSpec, target_scores
+
+__all__ = [
+    "LRPTransformerAttribution",
+    "relprop_add",
+    "relprop_clone",
+    "relprop_linear",
+    "relprop_matmul",
+    "relprop_scale",
+    "safe_divide",
+]
+
+EPS = 1e-9
+MODES = ("full", "partial_lrp")
+STABILIZERS = ("clamp", "reference")
+MULTI_TARGET = ("expand", "vjp")
+_NORMS = (nn.LayerNorm, nn.Identity)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Relevance rules (posthoc.md §9). Every rule is per sample; R has the shape of the layer output.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def safe_divide(a: torch.Tensor, b: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
+    """a / b, and 0 wherever b = 0.
+
+    'clamp' (spec): the denominator keeps its sign and |b| ≥ 1e-9. 'reference': the reference's `safe_divide`,
+    which in effect divides by b + 1e-9 (its two clamps add up to that for every b).
+    """
+    if stabilizer == "clamp":
+        den = torch.where(b >= 0, b.clamp(min=EPS), b.clamp(max=-EPS))
+    else:
+        den = b + EPS
+        den = torch.where(den == 0, torch.full_like(den, EPS), den)
+    return torch.where(b == 0, torch.zeros_like(a), a / den)
+
+
+def relprop_linear(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
+    """LRP-αβ with α=1, β=0 through y = x Wᵀ (+ bias, ignored).
+
+    R_j = Σ_i [(x_j w_ij)^+ / Σ_j' (x_j' w_ij')^+]·R_i. A product is positive when x and w share a sign, so
+    (x w)^+ = x^+ w^+ + x^− w^−, and the rule is two transposed matmuls per sign.
+    """
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    Z = xp @ wp.T + xn @ wn.T
+    S = safe_divide(R, Z, stabilizer)
+    return xp * (S @ wp) + xn * (S @ wn)
+
+
+def relprop_matmul(
+    a: torch.Tensor, b: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-rule over both operands of Z = a @ b: R_a = a ⊙ (S bᵀ), R_b = b ⊙ (aᵀ S), S = R/Z (not halved here)."""
+    S = safe_divide(R, a @ b, stabilizer)
+    return a * (S @ b.transpose(-2, -1)), b * (a.transpose(-2, -1) @ S)
+
+
+def relprop_add(
+    a: torch.Tensor, b: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual a + b: z-rule split, then rescale so that ΣR_a : ΣR_b = |ΣR_a| : |ΣR_b| and ΣR_a + ΣR_b = ΣR.
+
+    The sums run over each sample (every dim but the first); the reference sums over the whole batch, which
+    is the same at B = 1.
+    """
+    S = safe_divide(R, a + b, stabilizer)
+    Ra, Rb = a * S, b * S
+    dims = tuple(range(1, R.dim()))
+    sa, sb, sR = Ra.sum(dims, keepdim=True), Rb.sum(dims, keepdim=True), R.sum(dims, keepdim=True)
+    total = sa.abs() + sb.abs()
+    fa = safe_divide(sa.abs(), total, stabilizer) * sR
+    fb = safe_divide(sb.abs(), total, stabilizer) * sR
+    return Ra * safe_divide(fa, sa, stabilizer), Rb * safe_divide(fb, sb, stabilizer)
+
+
+def relprop_clone(x: torch.Tensor, *Rs: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
+    """A tensor used by several branches: R = x ⊙ Σ_r R_r/x (the z-rule; Σ_r R_r where x ≠ 0)."""
+    return x * sum(safe_divide(r, x, stabilizer) for r in Rs)
+
+
+def relprop_scale(x: torch.Tensor, gamma: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
+    """Elementwise z-rule through y = x ⊙ γ (LayerScale; our extension): R_x = x γ ⊙ R/(x γ)."""
+    z = x * gamma
+    return z * safe_divide(R, z, stabilizer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Functional timm Block
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _BlockActs:
+    """Activations of one `Block` forward that the relevance rules read."""
+
+    x: torch.Tensor  # block input [B,N,D]
+    t1: torch.Tensor  # norm1(x)
+    q: torch.Tensor  # [B,H,N,d] after q_norm (unscaled)
+    k: torch.Tensor
+    v: torch.Tensor
+    attn: torch.Tensor  # post-softmax (post-dropout) A [B,H,N,N]
+    ctx: torch.Tensor  # attn.norm(A·V merged) [B,N,H·d], the input of proj
+    proj_out: torch.Tensor  # proj(ctx), the input of ls1
+    branch1: torch.Tensor  # ls1(proj_out)
+    mid: torch.Tensor  # x + branch1
+    t2: torch.Tensor  # norm2(mid)
+    hidden: torch.Tensor  # mlp.norm(act(fc1(t2))), the input of fc2
+    fc2_out: torch.Tensor  # the input of ls2
+    branch2: torch.Tensor  # ls2(fc2_out)
+    out: torch.Tensor  # mid + branch2
+
+
+def _block_forward(blk: Block, x: torch.Tensor) -> _BlockActs:
+    """timm `Block.forward` (standard `Attention`, `Mlp`), written out so every intermediate is kept."""
+    attn = blk.attn
+    B, N, _ = x.shape
+    t1 = blk.norm1(x)
+    qkv = attn.qkv(t1).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    a = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+    ctx = attn.norm((a @ v).transpose(1, 2).reshape(B, N, -1))
+    proj_out = attn.proj_drop(attn.proj(ctx))
+    branch1 = blk.drop_path1(blk.ls1(proj_out))
+    mid = x + branch1
+    t2 = blk.norm2(mid)
+    mlp = blk.mlp
+    hidden = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(t2))))
+    fc2_out = mlp.drop2(mlp.fc2(hidden))
+    branch2 = blk.drop_path2(blk.ls2(fc2_out))
+    return _BlockActs(x, t1, q, k, v, a, ctx, proj_out, branch1, mid, t2, hidden, fc2_out, branch2, mid + branch2)
+
+
+def _relprop_ls(ls: nn.Module, x: torch.Tensor, R: torch.Tensor, stabilizer: str) -> torch.Tensor:
+    return relprop_scale(x, ls.gamma, R, stabilizer) if isinstance(ls, LayerScale) else R
+
+
+def _relprop_block(
+    blk: Block, acts: _BlockActs, R: torch.Tensor, stabilizer: str, stop_at_attention: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Relevance R at the block output [B,N,D] → (R at the block input, R_A [B,H,N,N] after A·V's relprop, halved).
+
+    LayerNorm, GELU (any activation), softmax and dropout pass relevance through unchanged.
+    """
+    attn = blk.attn
+    B, N, _ = R.shape
+    # x = mid + ls2(mlp(norm2(mid)))
+    R_mid_res, R_branch2 = relprop_add(acts.mid, acts.branch2, R, stabilizer)
+    R_fc2 = _relprop_ls(blk.ls2, acts.fc2_out, R_branch2, stabilizer)
+    R_hidden = relprop_linear(acts.hidden, blk.mlp.fc2.weight, R_fc2, stabilizer)
+    R_t2 = relprop_linear(acts.t2, blk.mlp.fc1.weight, R_hidden, stabilizer)
+    R_mid = relprop_clone(acts.mid, R_mid_res, R_t2, stabilizer=stabilizer)
+    # mid = x + ls1(attn(norm1(x)))
+    R_x_res, R_branch1 = relprop_add(acts.x, acts.branch1, R_mid, stabilizer)
+    R_proj = _relprop_ls(blk.ls1, acts.proj_out, R_branch1, stabilizer)
+    R_ctx = relprop_linear(acts.ctx, attn.proj.weight, R_proj, stabilizer)
+    R_ctx = R_ctx.reshape(B, N, attn.num_heads, -1).transpose(1, 2)  # [B,H,N,d]
+    R_A, R_v = relprop_matmul(acts.attn, acts.v, R_ctx, stabilizer)
+    R_A, R_v = R_A / 2, R_v / 2
+    if stop_at_attention:
+        return None, R_A
+    # A = softmax(q kᵀ·scale): the scale cancels in the z-rule, as in the reference's unscaled einsum.
+    R_q, R_kT = relprop_matmul(acts.q, acts.k.transpose(-2, -1), R_A, stabilizer)
+    R_qkv = torch.stack([R_q / 2, R_kT.transpose(-2, -1) / 2, R_v])  # [3,B,H,N,d]
+    R_qkv = R_qkv.permute(1, 3, 0, 2, 4).reshape(B, N, -1)  # inverse of timm's qkv reshape
+    R_t1 = relprop_linear(acts.t1, attn.qkv.weight, R_qkv, stabilizer)
+    return relprop_clone(acts.x, R_x_res, R_t1, stabilizer=stabilizer), R_A
+
+
+def _relprop_pool(model: nn.Module, tokens: torch.Tensor, R: torch.Tensor, stabilizer: str) -> torch.Tensor:
+    """z-rule through the head's token pooling: [B,D] relevance → [B,N,D]."""
+    out = torch.zeros_like(tokens)
+    if model.global_pool == "token":
+        x0 = tokens[:, 0]
+        out[:, 0] = x0 * safe_divide(R, x0, stabilizer)
+        return out
+    start = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
+    part = tokens[:, start:]
+    z = part.mean(1)
+    out[:, start:] = part / part.shape[1] * safe_divide(R, z, stabilizer).unsqueeze(1)
+    return out
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise NotImplementedError naming the first part the relevance pass has no rule for."""
+
+    def refuse(where: str, module: object) -> None:
+        cls = type(module)
+        raise NotImplementedError(
+            f"LRP supports standard timm ViT blocks only: {where} is {cls.__module__}.{cls.__qualname__}"
+        )
+
+    # A subclass with its own head (e.g. DeiT's distillation head) would need its own head rules.
+    if not isinstance(model, VisionTransformer) or type(model).forward_head is not VisionTransformer.forward_head:
+        refuse("the model", model)
+    if getattr(model, "attn_pool", None) is not None:
+        refuse("the pooling (attn_pool)", model.attn_pool)
+    if getattr(model, "global_pool", None) not in ("token", "avg"):
+        raise NotImplementedError(f"LRP has pooling rules for 'token' and 'avg' heads, not '{model.global_pool}'")
+    if not isinstance(model.head, nn.Linear):
+        refuse("model.head", model.head)
+    for name in ("norm", "fc_norm"):
+        if not isinstance(getattr(model, name), _NORMS):
+            refuse(f"model.{name}", getattr(model, name))
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block:
+            refuse(f"block {i}", blk)
+        if type(blk.attn) is not Attention:
+            refuse(f"block {i} attention", blk.attn)
+        if getattr(blk.attn, "gate", None) is not None:
+            refuse(f"block {i} attention gate", blk.attn.gate)
+        if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.fc1, nn.Linear):
+            refuse(f"block {i} mlp", blk.mlp)
+        for name in ("norm1", "norm2"):
+            if not isinstance(getattr(blk, name), _NORMS):
+                refuse(f"block {i} {name}", getattr(blk, name))
+        for name in ("q_norm", "k_norm", "norm"):
+            if not isinstance(getattr(blk.attn, name), _NORMS):
+                refuse(f"block {i} attn.{name}", getattr(blk.attn, name))
+        if not isinstance(blk.mlp.norm, _NORMS):
+            refuse(f"block {i} mlp.norm", blk.mlp.norm)
+        for name in ("ls1", "ls2"):
+            if not isinstance(getattr(blk, name), (LayerScale, nn.Identity)):
+                refuse(f"block {i} {name}", getattr(blk, name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@register_method(
+    "lrp", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
+    cost="1 forward + 1 backward to block 1's attention + 1 relevance pass over all blocks ([B·K] rows)",
+    summary="Chefer's LRP transformer attribution: rollout of mean_h(∇A ⊙ R_A)^+ (or partial LRP, last block)",
+)
+class LRPTransformerAttribution(Explainer):
+    """Transformer attribution (posthoc.md §9): Ā_b = mean_h(G_b ⊙ R_A,b)^+, C = (I+Ā_L)⋯(I+Ā_{s+1}), map = C[q0, n_p:].
+
+    R_A,b is the LRP relevance of block b's attention matrix after A·V's relprop (halved), from a relevance pass
+    that starts at the **one-hot** of the target class; G_b = ∂y/∂A_b comes from a normal backward (`AttentionProbe`
+    + `autograd.grad`, y in `target_space`). The relevance pass replays each block functionally with the model's
+    own modules and runs as one [B·K] batch, every rule being per sample. The reference calls this
+    `method="transformer_attribution"` (`"grad"` in `ViT_LRP.relprop`).
+
+    `mode='partial_lrp'` (Voita et al. 2019, the reference's `last_layer`): map = mean_h(R_A,L)^+ at row q0, with
+    per-head maps in `head_maps`; it needs no gradient.
+
+    Args:
+        model: a timm VisionTransformer made of standard `Block`s (else NotImplementedError naming the class).
+        mode: "full" (default) | "partial_lrp".
+        start_layer: s; blocks before it are left out of C (reference default 0; its evaluation scripts use 1).
+        query: "cls" (default) | "mean_patches".
+        multi_target: "expand" (default; replicate the images K times for the gradient pass) | "vjp" (one forward,
+            K batched VJPs).
+        stabilizer: "clamp" (spec: |denominator| ≥ 1e-9) | "reference" (denominator + 1e-9, the reference code).
+
+    Example:
+        >>> exp = explain(model, x, method="lrp", start_layer=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "full", start_layer: int = 0, query: str = "cls",
+                 multi_target: str = "expand", stabilizer: str = "clamp") -> None:
+        super().__init__(model)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
+        if multi_target not in MULTI_TARGET:
+            raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGET}")
+        if stabilizer not in STABILIZERS:
+            raise ValueError(f"unknown stabilizer '{stabilizer}'; choose from {STABILIZERS}")
+        if query not in ("cls", "mean_patches"):
+            raise ValueError(f"unknown query '{query}'; choose 'cls' or 'mean_patches'")
+        check_supported(model)
+        L = len(model.blocks)
+        if not isinstance(start_layer, int) or not 0 <= start_layer < L:
+            raise ValueError(f"start_layer must be an int in 0..{L - 1}, got {start_layer!r}")
+        self.mode, self.start_layer, self.query = mode, start_layer, query
+        self.multi_target, self.stabilizer = multi_target, stabilizer
+
+    # -- gradient pass -------------------------------------------------------------------------------------------
+
+    def _forward(
+        self, images: torch.Tensor, target: TargetSpec, target_space: str, blocks: list[int], need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """(logits [B,C], targets [B,K], G_b [B·K,H,N,N] per block, block inputs [B·K,N,D] per block).
+
+        Rows of the [B·K] tensors are in (image, target) order.
+        """
+        capture = ("attn", "block_input") if need_grad else ("block_input",)
+        K = target.num_targets
+        expand = need_grad and self.multi_target == "expand" and K > 1
+        fixed = None
+        if expand and target.needs_logits:
+            # Top-k targets must be known before the images are replicated: one forward without grad.
+            with torch.no_grad():
+                fixed = target.resolve(self.model(images))
+        x = images.repeat_interleave(K, 0) if expand else images
+        with torch.set_grad_enabled(need_grad), AttentionProbe(self.model, blocks=blocks, capture=capture) as probe:
+            out = self.model(x)
+        logits = out[::K] if expand else out
+        targets = fixed if fixed is not None else target.resolve(logits)
+        rep = 1 if expand else K
+        inputs = {b: probe.block_input[b].detach().repeat_interleave(rep, 0) for b in blocks}
+        grads: dict[int, torch.Tensor] = {}
+        if need_grad:
+            attns = [probe.attn[b] for b in blocks]
+            if expand or K == 1:
+                y = target_scores(out, targets.reshape(-1, 1), target_space)
+                gs = probe.grad(y.sum(), attns)
+            else:
+                y = target_scores(out, targets, target_space)  # [B,K]
+                one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
+                gs = probe.grad(y, attns, grad_outputs=one_hots, is_grads_batched=True)
+                gs = [g.transpose(0, 1).reshape(-1, *g.shape[2:]) for g in gs]  # [K,B,...] → [B·K,...]
+            grads = {b: g.detach() for b, g in zip(blocks, gs, strict=True)}
+        return logits.detach(), targets, grads, inputs
+
+    # -- relevance pass ------------------------------------------------------------------------------------------
+
+    def relevance(
+        self, inputs: dict[int, torch.Tensor], classes: torch.Tensor, stop_at: int = 0, to_input: bool = False
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+        """Relevance pass from the one-hot of `classes` [M] down to block `stop_at`.
+
+        Args:
+            inputs: block inputs [M,N,D] for blocks stop_at..L−1.
+            classes: class ids [M].
+            stop_at: lowest block to visit.
+            to_input: continue through block stop_at's attention to its input (the map needs only R_A).
+
+        Returns:
+            (R_A,b [M,H,N,N] per visited block, the relevance at block stop_at's input [M,N,D] when `to_input`,
+            else None).
+        """
+        model, st = self.model, self.stabilizer
+        L = len(model.blocks)
+        with torch.no_grad():
+            acts = _block_forward(model.blocks[L - 1], inputs[L - 1])
+            tokens = model.norm(acts.out)
+            feats = model.forward_head(tokens, pre_logits=True)  # pool → fc_norm → head_drop
+            R = torch.zeros(classes.numel(), model.head.out_features, dtype=feats.dtype, device=feats.device)
+            R.scatter_(1, classes.view(-1, 1), 1.0)  # one-hot, not the logit value
+            R = relprop_linear(feats, model.head.weight, R, st)
+            R = _relprop_pool(model, tokens, R, st)  # fc_norm, head_drop and norm pass through
+            relevances: dict[int, torch.Tensor] = {}
+            for b in range(L - 1, stop_at - 1, -1):
+                if b != L - 1:
+                    acts = _block_forward(model.blocks[b], inputs[b])
+                R, relevances[b] = _relprop_block(
+                    model.blocks[b], acts, R, st, stop_at_attention=b == stop_at and not to_input
+                )
+        return relevances, R
+
+    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
+        layout = self.layout(images)
+        L = layout.num_blocks
+        partial = self.mode == "partial_lrp"
+        blocks = [L - 1] if partial else list(range(self.start_layer, L))
+        logits, targets, grads, inputs = self._forward(images, target, target_space, blocks, need_grad=not partial)
+        B, K = targets.shape
+        relevances, _ = self.relevance(inputs, targets.reshape(-1), stop_at=blocks[0])
+        if partial:
+            heads = query_row(relevances[L - 1].clamp(min=0), layout, self.query)  # [B·K,H,P]
+            head_maps = heads.reshape(B, K, -1, *layout.grid)
+            return Attribution(head_maps.mean(2), targets, logits, head_maps)
+        C = None
+        for b in blocks:
+            a = (grads[b] * relevances[b]).clamp(min=0).mean(1)  # [B·K,N,N]
+            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            C = a if C is None else a @ C
+        row = query_row(C, layout, self.query)  # [B·K,P]
+        return Attribution(row.reshape(B, K, *layout.grid), targets, logits)
