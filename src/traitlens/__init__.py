@@ -6,6 +6,7 @@ Example:
     >>> exp = tl.explain(model, images, method="cdam", target="topk:3")  # doctest: +SKIP
 """
 
+from traitlens import models  # registers the interpretable models and the "native" method
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
 from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
 from traitlens.train import FitConfig, fit
@@ -25,6 +26,7 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "models",
     "normalize",
     "save_model",
 ]

@@ -75,49 +75,83 @@ def _file_dataset(root: Path, split: str, size: tuple[int, int]):
     raise typer.BadParameter(f"{root}: expected a CUB layout (images.txt) or ImageFolder with train/ and val/ or test/")
 
 
+TRAIN_MODES = ("linear", "finetune", "promptcam", "intr", "scouter")
+
+
 @app.command()
 def train(
-    mode: str = typer.Argument(..., help="linear | finetune"),
+    mode: str = typer.Argument(..., help="linear | finetune | promptcam | intr | scouter"),
     data: Path = typer.Option(..., help="CUB-layout folder (images.txt) or ImageFolder with train/ and val/."),
-    model: str = typer.Option("traitlens-vit-tiny", help="timm name, hf-hub: id, preset or model folder."),
+    model: str = typer.Option("traitlens-vit-tiny", "--model", "--backbone",
+                              help="timm name, hf-hub: id, preset or model folder (the backbone for "
+                                   "promptcam/intr/scouter)."),
     out: Path = typer.Option(Path("runs/train"), help="Run folder: checkpoint.pt, metrics, best/."),
-    epochs: int = typer.Option(10),
-    lr: float = typer.Option(2e-3),
-    batch_size: int = typer.Option(128),
-    weight_decay: float = typer.Option(0.05),
-    schedule: str = typer.Option("onecycle", help="onecycle | cosine | constant"),
+    epochs: int = typer.Option(0, help="Epochs (0 = the recipe's default)."),
+    lr: float = typer.Option(0.0, help="Learning rate (0 = the recipe's default)."),
+    batch_size: int = typer.Option(0, help="Batch size (0 = the recipe's default)."),
+    recipe: str = typer.Option("quick", help="Interpretable models: 'quick' (small CPU runs) or 'reference'."),
     pretrained: bool = typer.Option(False, help="Fetch published weights for a timm name (needs network)."),
     img_size: int = typer.Option(0, help="Input size; 0 = the model's own."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train a classifier: `linear` probe on a frozen backbone or full `finetune`.
+    """Train a classifier: `linear` probe or `finetune` of a timm model, or an interpretable model on a backbone.
 
     Example: traitlens train finetune --data data/ts --model traitlens-vit-tiny --epochs 10 --out runs/ts
+    Example: traitlens train promptcam --data data/ts --backbone runs/ts/best --out runs/pcam
     Distributed: torchrun --nproc-per-node 2 -m traitlens train finetune --data data/ts ...
     """
+    from dataclasses import replace
+
     import torch
 
     from traitlens.backbones import data_config, load_model
     from traitlens.train import FitConfig, fit
     from traitlens.train.distributed import distributed_from_env
 
-    if mode not in ("linear", "finetune"):
-        raise typer.BadParameter(f"unknown mode '{mode}'; choose linear or finetune")
+    if mode not in TRAIN_MODES:
+        raise typer.BadParameter(f"unknown mode '{mode}'; choose from {', '.join(TRAIN_MODES)}")
     probe = _file_dataset(data, "train", (img_size, img_size) if img_size else (224, 224))
-    num_classes = len(probe.classes)
+    num_classes, class_names = len(probe.classes), list(probe.classes)
     extra = {"img_size": img_size} if img_size else {}
     with distributed_from_env() as device:
         torch.manual_seed(seed)  # identical initial weights on every rank
-        net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=list(probe.classes),
-                         **extra).to(device)
+        if mode in ("linear", "finetune"):
+            net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=class_names, **extra)
+            cfg = FitConfig(mode=mode, seed=seed)
+        else:
+            from traitlens.models import build_interpretable, recommended_fit_config
+
+            net = build_interpretable(mode, model, num_classes, class_names=class_names, pretrained=pretrained)
+            cfg = recommended_fit_config(mode, recipe, seed=seed)
+        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
+        cfg = replace(cfg, **overrides)
+        net = net.to(device)
         size = tuple(data_config(net)["input_size"][1:])
         train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)
-        res = fit(net, train_set, val_set, FitConfig(epochs=epochs, mode=mode, lr=lr, batch_size=batch_size,
-                                                     weight_decay=weight_decay, schedule=schedule, seed=seed),
-                  out=out, resume=resume)
-    if res.best_val_acc is not None:
+        res = fit(net, train_set, val_set, cfg, out=out, resume=resume)
+    if res.best_val_acc is not None and res.best_dir is not None:
         typer.echo(f"best val accuracy {res.best_val_acc:.3f}; model in {res.best_dir}")
+
+
+@app.command()
+def serve(
+    model: list[str] = typer.Option(None, help="Model folder / timm name / preset; repeat for several. "
+                                               "Default: the quickstart model."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1 keeps it local)."),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(2, help="Explanation worker threads."),
+    max_upload_mb: float = typer.Option(8.0, help="Upload size cap in MiB."),
+    timeout: float = typer.Option(120.0, help="Per-request timeout in seconds."),
+) -> None:
+    """Serve a local web page: upload an image, pick method/class/concept, see overlays and per-head maps.
+
+    Example: traitlens serve --model traitlens-quickstart/run/best --port 8000
+    """
+    from traitlens.server import serve as run_server
+
+    run_server(model or None, host=host, port=port, workers=workers,
+               max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout)
 
 
 @app.command("explain")

@@ -52,7 +52,8 @@ class FitConfig:
         grad_clip: max gradient norm (0 disables).
         seed: seeds initial RNG and the per-epoch shuffling.
         amp: mixed precision where a GPU exists.
-        selection: "val" (keep the best validation top-1) or "last".
+        selection: "val" (keep the best validation top-1), "last", or "reference" (the model's
+            `reference_selection`: "best_val", "last", or "last+every10" which also keeps every 10th epoch).
     """
 
     epochs: int = 10
@@ -198,10 +199,13 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     return params
 
 
-def _optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    if hasattr(model, "param_groups"):  # a model's own recipe, e.g. INTR's lower backbone learning rate
+        groups = model.param_groups(cfg)
+    else:
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
@@ -212,7 +216,8 @@ def _optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimi
 def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int):
     total = max(cfg.epochs * steps_per_epoch, 1)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+        max_lr = [g.get("lr", cfg.lr) for g in opt.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.15)
     if cfg.schedule == "cosine":
         warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -255,8 +260,13 @@ def fit(
     """
     cfg = FitConfig(**{**asdict(config or FitConfig()), **overrides})
     dist_ = _Dist()
-    if cfg.selection not in ("val", "last"):
-        raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val' or 'last'")
+    if cfg.selection not in ("val", "last", "reference"):
+        raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val', 'last' or 'reference'")
+    selection, keep_every = cfg.selection, 0
+    if selection == "reference":
+        rule = getattr(model, "reference_selection", "best_val")
+        selection = "val" if rule == "best_val" else "last"
+        keep_every = 10 if rule == "last+every10" else 0
     out_dir = Path(out) if out is not None else None
     device = _device_of(model)
     torch.manual_seed(cfg.seed)
@@ -267,7 +277,7 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and dist_.is_main
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    opt = _optimizer(params, cfg)
+    opt = _optimizer(model, params, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -327,8 +337,10 @@ def fit(
         if improved:
             result.best_val_acc = metrics["val_acc"]
         if out_dir is not None and dist_.is_main:
-            if (cfg.selection == "val" and improved) or cfg.selection == "last" or val_set is None:
+            if (selection == "val" and improved) or selection == "last" or val_set is None:
                 result.best_dir = save_model(model, out_dir / "best", extra={"selected": f"epoch {epoch + 1}"})
+            if keep_every and (epoch + 1) % keep_every == 0:
+                save_model(model, out_dir / f"epoch_{epoch + 1}")
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "rng": capture_rng(), "epoch": epoch,
                      "history": result.history, "best_val_acc": result.best_val_acc, "config": asdict(cfg)}
