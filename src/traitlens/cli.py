@@ -141,8 +141,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1 keeps it local)."),
     port: int = typer.Option(8000),
     workers: int = typer.Option(2, help="Explanation worker threads."),
-    max_upload_mb: float = typer.Option(8.0, help="Upload size cap in MiB."),
-    timeout: float = typer.Option(120.0, help="Per-request timeout in seconds."),
+    queue: int = typer.Option(8, help="Requests allowed to wait for a worker; more get 503."),
+    max_upload_mb: float = typer.Option(8.0, help="Upload size cap in MiB (413 beyond)."),
+    timeout: float = typer.Option(120.0, help="Per-request timeout in seconds (504 beyond)."),
 ) -> None:
     """Serve a local web page: upload an image, pick method/class/concept, see overlays and per-head maps.
 
@@ -150,7 +151,7 @@ def serve(
     """
     from traitlens.server import serve as run_server
 
-    run_server(model or None, host=host, port=port, workers=workers,
+    run_server(model or None, host=host, port=port, workers=workers, queue_size=queue,
                max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout)
 
 

@@ -1,0 +1,139 @@
+"""`traitlens serve`: a local web page and JSON API to explain images with a loaded model (extra `web`).
+
+Example:
+    >>> from traitlens.server import serve
+    >>> serve("traitlens-quickstart/run/best", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traitlens.server._limits import ServerLimits
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+    from fastapi import FastAPI
+
+__all__ = ["DEFAULT_MODEL", "ServerLimits", "create_app", "load_served_models", "serve"]
+
+log = logging.getLogger(__name__)
+
+#: Where `traitlens quickstart` writes its model; served when no model is given.
+DEFAULT_MODEL = Path("traitlens-quickstart") / "run" / "best"
+
+#: Import names (any of, `|`-separated) → the package providing them (python-multipart renamed its module).
+_WEB_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart|multipart": "python-multipart"}
+
+
+def _require_web() -> None:
+    missing = [pkg for mods, pkg in _WEB_MODULES.items()
+               if all(importlib.util.find_spec(m) is None for m in mods.split("|"))]
+    if missing:
+        raise RuntimeError(f"traitlens serve needs the 'web' extra (missing: {', '.join(missing)}); "
+                           "install it with: pip install 'traitlens[web]'")
+
+
+def create_app(models: dict[str, nn.Module], limits: ServerLimits | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """Build the FastAPI app (see `traitlens.server.app.create_app`); needs the 'web' extra."""
+    _require_web()
+    from traitlens.server.app import create_app as _create
+
+    return _create(models, limits, allowed_hosts)
+
+
+def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    """The models to load; the quickstart model when none is given (a clear error when it does not exist)."""
+    if model is None:
+        if not (DEFAULT_MODEL / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no --model given and the quickstart model {DEFAULT_MODEL} does not exist here "
+                f"({Path.cwd()}); run `traitlens quickstart` first, or pass --model PATH_OR_NAME"
+            )
+        return [DEFAULT_MODEL]
+    if isinstance(model, (str, Path)):
+        return [model]
+    return list(model)
+
+
+def load_served_models(model: str | Path | Sequence[str | Path] | None) -> dict[str, nn.Module]:
+    """Load the models to serve, keyed by the name requests use (the string given on the command line).
+
+    Args:
+        model: a model folder, timm name or preset (see `load_model`), several of them, or None for the
+            quickstart model at `DEFAULT_MODEL`.
+
+    Raises:
+        FileNotFoundError: no model given and the quickstart model does not exist.
+        ModelLoadError: a model cannot be loaded.
+    """
+    from traitlens.backbones import load_model
+
+    models: dict[str, nn.Module] = {}
+    for spec in _model_specs(model):
+        name = str(spec)
+        if name in models:
+            continue
+        log.info("loading model %s", name)
+        models[name] = load_model(spec).eval()
+    if not models:
+        raise ValueError("no model to serve")
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "127.0.0.1", port: int = 8000,
+          **limits: Any) -> None:
+    """Serve the explanation page and JSON API until interrupted.
+
+    Args:
+        model: model folder, timm name or preset (or several); None serves the quickstart model
+            (`traitlens-quickstart/run/best`).
+        host: address to bind; 127.0.0.1 by default. Anything else exposes the server (no authentication).
+        port: TCP port.
+        **limits: fields of `ServerLimits` (e.g. `workers=2, queue_size=8, timeout_s=120,
+            max_upload_bytes=8 << 20`); None values keep the defaults.
+
+    Raises:
+        RuntimeError: the 'web' extra is not installed.
+        FileNotFoundError: no model given and no quickstart model.
+        TypeError: an unknown limit name.
+
+    Example:
+        >>> serve("traitlens-quickstart/run/best", port=8000, workers=2)  # doctest: +SKIP
+    """
+    lim = ServerLimits.from_kwargs(**limits)
+    _model_specs(model)  # fail fast, before the imports, when there is no model
+    _require_web()
+    import uvicorn
+
+    models = load_served_models(model)
+    if is_loopback(host):
+        from traitlens.server.app import LOOPBACK_HOSTS
+
+        allowed = [*LOOPBACK_HOSTS, host, f"[{host.strip('[]')}]"]
+    else:
+        log.warning("serving on %s: anyone who can reach this address can use the server (there is no "
+                    "authentication); bind 127.0.0.1 unless you mean it", host)
+        allowed = ["*"]
+    app = create_app(models, lim, allowed_hosts=allowed)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json; models: %s)", shown, port,
+             ", ".join(models))
+    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=lim.max_concurrent_connections,
+                timeout_keep_alive=5, server_header=False)

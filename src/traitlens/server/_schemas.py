@@ -1,0 +1,137 @@
+"""Response bodies of the JSON API (they make the OpenAPI schema at `/openapi.json`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ConceptOut",
+    "ContrastOut",
+    "ErrorOut",
+    "ExplainOut",
+    "HealthOut",
+    "InfoOut",
+    "MethodOut",
+    "ModelOut",
+    "PredictionOut",
+    "SizeOut",
+    "TargetOut",
+]
+
+
+class ErrorOut(BaseModel):
+    """Every error: a message saying what went wrong and what to do."""
+
+    detail: str
+
+
+class MethodOut(BaseModel):
+    """One explanation method from the registry."""
+
+    name: str
+    signed: bool = Field(description="negative values are counter-evidence")
+    class_specific: bool = Field(description="the map depends on the target class")
+    needs_grad: bool
+    families: list[str] = Field(description="model families it runs on: vit, cnn, native")
+    concept: bool = Field(description="accepts concept targets")
+    summary: str
+    cost: str
+    default_upsample: str
+    default_norm: str
+
+
+class ModelOut(BaseModel):
+    """A model the server loaded at start-up (chosen by `name`; never a path)."""
+
+    name: str
+    family: str = Field(description="vit, cnn or native (interpretable by design)")
+    num_classes: int | None
+    class_names: list[str] | None
+    input_size: list[int] = Field(description="[H, W] the images are resized to")
+    methods: list[str] = Field(description="registered methods that run on this model's family")
+
+
+class ConceptOut(BaseModel):
+    """A concept stored in memory; explain it with `target=concept:<id>`."""
+
+    id: str
+    name: str
+    model: str
+    n_images: int
+    dim: int
+
+
+class InfoOut(BaseModel):
+    """What the server offers."""
+
+    version: str
+    default_model: str
+    models: list[ModelOut]
+    methods: list[MethodOut]
+    concepts_available: bool
+    concepts: list[ConceptOut]
+    limits: dict[str, float | int]
+    image_formats: list[str]
+
+
+class HealthOut(BaseModel):
+    """Liveness and load."""
+
+    status: str
+    in_flight: int = Field(description="requests computing or queued now")
+    capacity: int = Field(description="workers + queue; more concurrent requests get 503")
+
+
+class PredictionOut(BaseModel):
+    """One of the model's top classes."""
+
+    index: int
+    name: str | None
+    prob: float
+    logit: float
+
+
+class SizeOut(BaseModel):
+    """Width and height in pixels."""
+
+    width: int
+    height: int
+
+
+class TargetOut(BaseModel):
+    """The explanation of one target."""
+
+    index: int | None = Field(description="class id; null for a concept")
+    name: str
+    prob: float | None = Field(description="the model's probability of this class; null for a concept")
+    overlay: str = Field(description="PNG data URL: the map blended on the image, at overlay_size")
+    degenerate: bool = Field(description="the map was constant (nothing to show)")
+    heads: list[str] | None = Field(None, description="PNG data URLs, one per head, when the method has head maps")
+    raw: list[list[float]] | None = Field(None, description="raw token-grid map [h][w] (include_raw=true)")
+
+
+class ContrastOut(BaseModel):
+    """'Why A, not B': the raw map of A minus the raw map of B, shown on the signed scale."""
+
+    a: str
+    b: str
+    overlay: str = Field(description="PNG data URL at overlay_size; orange = for A over B, blue = for B over A")
+    max_abs: float
+    raw: list[list[float]] | None = Field(None, description="raw token-grid difference [h][w] (include_raw=true)")
+
+
+class ExplainOut(BaseModel):
+    """An explanation of one uploaded image."""
+
+    model: str
+    method: str
+    signed: bool
+    input_size: list[int] = Field(description="[H, W] the model saw")
+    overlay_size: SizeOut
+    predictions: list[PredictionOut]
+    targets: list[TargetOut]
+    contrast: ContrastOut | None = None
+    map_shape: list[int] = Field(description="shape of Explanation.maps [B, K, H, W]")
+    patch_map_shape: list[int] = Field(description="shape of Explanation.patch_maps [B, K, h, w]")
+    head_maps_shape: list[int] | None = Field(description="shape of Explanation.head_maps [B, K, R, h, w] or null")
+    seconds: float

@@ -1,0 +1,42 @@
+"""Helpers for the server tests: images as bytes, PNG data URLs, what the server feeds the model."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLASS_NAMES = ["circle", "square", "triangle"]
+
+
+def png_bytes(width: int = 80, height: int = 60, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A random-noise RGB image encoded as `fmt`."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def decode_data_url(url: str) -> Image.Image:
+    """Decode a `data:image/png;base64,...` URL; fails the test if it is not a PNG."""
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    raw = base64.b64decode(url[len(prefix):], validate=True)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    img = Image.open(io.BytesIO(raw), formats=["PNG"])
+    img.load()
+    return img
+
+
+def model_input(model, data: bytes) -> torch.Tensor:
+    """What the server feeds the model for an upload: RGB, squash-resized to the input size, normalised."""
+    from traitlens.backbones import data_config, normalize
+    from traitlens.backbones.preprocess import pil_to_tensor
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    size = tuple(data_config(model)["input_size"][1:])
+    return normalize(model, pil_to_tensor(img, size)[None])
