@@ -27,7 +27,7 @@ import logging
 import math
 import multiprocessing
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -97,21 +97,22 @@ _VALUE_LABELS: dict[str, dict[str, str]] = {
 # muted and mid-dark, the background pastel and light, so traits stand out from both.
 _HEAD_RGB = {"red": (0.92, 0.1, 0.08), "blue": (0.1, 0.3, 0.95), "yellow": (0.98, 0.86, 0.08)}
 _BEAK_RGB = (0.96, 0.55, 0.12)
-_CREST_RGB = (0.1, 0.08, 0.12)
-_PATTERN_RGB = (0.08, 0.08, 0.1)
-_WING_RGB = (0.94, 0.94, 0.9)
 _TAIL_DARKEN = 0.45
+# Distractor kinds: colour blob, stripe patch, dot patch, dark spike.
+_DISTRACTOR_P = (0.4, 0.2, 0.2, 0.2)
 
 # Critter geometry in body units: body half-length 1, facing +x, y pointing down.
 _BODY = (0.0, 0.0, 1.0, 0.62)  # ellipse cx, cy, a, b
 _WING = (-0.12, -0.06, 0.68, 0.42)
 _HEAD = (0.98, -0.5, 0.48)  # circle cx, cy, r
 _BEAK = ((1.3, -0.68), (1.3, -0.3), (1.85, -0.48))
+# The three tails have the same visible area (~1.0 unit², like the head), so tail shape cannot
+# be read from colour histograms: only the outline tells fan, fork and point apart.
 _TAIL_ROOT = (-0.75, 0.0)
-_TAIL_FAN = (1.3, math.radians(48))  # radius, half opening angle, pointing -x
-_TAIL_FORK = ((-0.75, 0.0), (-2.05, -0.85), (-2.05, 0.85))
-_TAIL_NOTCH = ((-1.35, 0.0), (-2.3, -0.42), (-2.3, 0.42))
-_TAIL_POINT = ((-0.7, -0.42), (-0.7, 0.42), (-2.15, 0.0))
+_TAIL_FAN = (1.15, math.radians(45))  # radius, half opening angle, pointing -x
+_TAIL_FORK = ((-0.75, 0.0), (-2.1, -0.95), (-2.1, 0.95))
+_TAIL_NOTCH = ((-1.4, 0.0), (-2.4, -0.5), (-2.4, 0.5))
+_TAIL_POINT = ((-0.6, -0.76), (-0.6, 0.76), (-2.3, 0.0))
 _CREST_SPIKES = (  # two wide, tall spikes rooted inside the head (the head covers their bases)
     ((0.5, -0.62), (1.02, -0.88), (0.42, -1.72)),
     ((0.9, -0.88), (1.44, -0.62), (1.32, -1.72)),
@@ -199,6 +200,7 @@ class TraitShapesSample:
         box: critter box (x0, y0, x1, y1) in continuous pixel coordinates (pixel i spans [i, i+1)).
         owner: uint8 [H, W]; 0 background, ``i + 1`` for ``PART_NAMES[i]``.
         parts: float32 [n_parts, 3] part centroid x, y and visible flag.
+        slots: the config's slots, naming the entries of ``traits`` and ``trait_masks``.
     """
 
     image: np.ndarray
@@ -321,9 +323,7 @@ def discriminative_mask(
     return trait_masks[differing_slots(config, label, other_class)].any(0)
 
 
-def class_mask(
-    sample: TraitShapesSample | Mapping[str, Any], config: TraitShapesConfig
-) -> np.ndarray | torch.Tensor:
+def class_mask(sample: TraitShapesSample | Mapping[str, Any], config: TraitShapesConfig) -> np.ndarray | torch.Tensor:
     """Union of the trait masks of the slots that vary between the config's classes."""
     trait_masks, _ = _sample_fields(sample)
     return trait_masks[_defining_slots(config)].any(0)
@@ -381,7 +381,7 @@ _ENVELOPE_LENGTH = float(np.ptp(_ENVELOPE[:, 0]))
 @lru_cache(maxsize=16)
 def _grid(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample-centre coordinates (in output pixels) of an n×n image rendered at k× resolution."""
-    c = ((np.arange(n * k, dtype=np.float32) + 0.5) / k)
+    c = (np.arange(n * k, dtype=np.float32) + 0.5) / k
     return np.broadcast_to(c[None, :], (n * k, n * k)), np.broadcast_to(c[:, None], (n * k, n * k))
 
 
@@ -486,13 +486,16 @@ def render(config: TraitShapesConfig, index: int, split: str = "train", label: i
     texture = rng.normal(0.0, 0.06, (_TEXTURE_GRID, _TEXTURE_GRID, 3)).astype(np.float32)
     d_lo, d_hi = config.distractor_range
     n_distract = int(rng.integers(d_lo, d_hi + 1))
-    d_kind = rng.integers(0, 4, _MAX_DISTRACTORS)
+    d_kind = rng.choice(len(_DISTRACTOR_P), _MAX_DISTRACTORS, p=_DISTRACTOR_P)
     d_centre = rng.random((_MAX_DISTRACTORS, 2))
     d_size = rng.uniform(0.07, 0.15, (_MAX_DISTRACTORS, 2))
     d_angle = rng.uniform(0, np.pi, _MAX_DISTRACTORS)
     d_colour = rng.integers(0, len(_HEAD_RGB), _MAX_DISTRACTORS)
     d_phase = rng.random((_MAX_DISTRACTORS, 2))
-    wing_rgb = np.asarray(_WING_RGB, np.float32) + rng.uniform(-0.04, 0.04, 3).astype(np.float32)
+    # Light wing and dark pattern/crest colours vary in hue: the trait is the pattern or shape.
+    wing_rgb = _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.85, 0.97))
+    dark_rgb = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.04, 0.2))
+    crest_rgb = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.04, 0.2))
     wing_angle = rng.uniform(-0.3, 0.3)
     wing_phase = rng.random(2)
     gain = 1.0 + config.lighting * rng.uniform(-0.2, 0.12)
@@ -523,11 +526,11 @@ def render(config: TraitShapesConfig, index: int, split: str = "train", label: i
             img[_ellipse(du, dv, 0, 0, a_px, b_px)] = head_palette[d_colour[i]]
         elif kind in (1, 2):  # stripe or dot patch, like a wing
             patch = _ellipse(du, dv, 0, 0, 1.3 * a_px, b_px)
-            img[patch] = _WING_RGB
+            img[patch] = wing_rgb
             pat = _pattern(du / unit, dv / unit, "stripes" if kind == 1 else "dots", 0.0, d_phase[i])
-            img[patch & pat] = _PATTERN_RGB
+            img[patch & pat] = dark_rgb
         else:  # dark spike, like a crest or tail
-            img[_polygon(du, dv, ((-a_px, b_px), (a_px, b_px), (0.2 * a_px, -2.0 * b_px)))] = _CREST_RGB
+            img[_polygon(du, dv, ((-a_px, b_px), (a_px, b_px), (0.2 * a_px, -2.0 * b_px)))] = crest_rgb
 
     # Critter: paint the owner map back to front; a later part owns the pixels it covers.
     u, v = _to_local(x, y, cx, cy, angle, unit, flip)
@@ -546,11 +549,11 @@ def render(config: TraitShapesConfig, index: int, split: str = "train", label: i
     img[owner == ids["tail"]] = body_rgb * _TAIL_DARKEN
     img[owner == ids["head"]] = _HEAD_RGB[values["head_colour"]]
     img[owner == ids["beak"]] = _BEAK_RGB
-    img[owner == ids["crest"]] = _CREST_RGB
+    img[owner == ids["crest"]] = crest_rgb
     wing = owner == ids["wing"]
     img[wing] = wing_rgb
     if values["wing_pattern"] != "plain":
-        img[wing & _pattern(u, v, values["wing_pattern"], wing_angle, wing_phase)] = _PATTERN_RGB
+        img[wing & _pattern(u, v, values["wing_pattern"], wing_angle, wing_phase)] = dark_rgb
 
     if k > 1:
         img = img.reshape(n, k, n, k, 3).mean((1, 3))
@@ -801,10 +804,7 @@ def materialize(
             chunks.append(_render_chunk(task))
             bar.update(task[3] - task[2])
     bar.close()
-    if chunks:
-        arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
-    else:
-        arrays = _empty(dataset.config)
+    arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else _empty(dataset.config)
     return InMemoryDataset(dataset.config, dataset.split, arrays, transform=dataset.transform)
 
 
@@ -897,9 +897,7 @@ def export_cub(
         "slots": list(config.slots),
         "values": {slot: list(SLOTS[slot]) for slot in config.slots},
         "slot_parts": {slot: SLOT_PARTS[slot] for slot in config.slots},
-        "classes": [
-            {"id": c + 1, "name": names[c], "traits": list(t)} for c, t in enumerate(class_traits(config))
-        ],
+        "classes": [{"id": c + 1, "name": names[c], "traits": list(t)} for c, t in enumerate(class_traits(config))],
         "config": asdict(config),
     }
     (out / "traits.json").write_text(json.dumps(traits, indent=2) + "\n")
@@ -910,15 +908,25 @@ def export_cub(
 # ----------------------------------------------------------------------------- baseline
 
 
+def _image_batches(dataset: Dataset, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float images in [0,1], labels) batches; an untransformed InMemoryDataset skips its masks."""
+    if isinstance(dataset, InMemoryDataset) and dataset.transform is None:
+        for i in range(0, len(dataset), batch_size):
+            yield dataset.images[i : i + batch_size].float() / 255.0, dataset.labels[i : i + batch_size]
+        return
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+        yield batch["image"], batch["label"]
+
+
 def _histograms(dataset: Dataset, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel colour histograms (3·bins, each channel summing to 1) and labels."""
     feats, labels = [], []
-    for batch in DataLoader(dataset, batch_size=512, num_workers=0):
-        img = batch["image"]
+    for img, label in _image_batches(dataset):
         q = (img * bins).long().clamp_(0, bins - 1) + torch.arange(3).view(1, 3, 1, 1) * bins
-        h = torch.zeros(img.shape[0], 3 * bins).scatter_add_(1, q.flatten(1), torch.ones(q.flatten(1).shape))
+        q = q.flatten(1)
+        h = torch.zeros(img.shape[0], 3 * bins).scatter_add_(1, q, torch.ones(q.shape))
         feats.append(h / (img.shape[-1] * img.shape[-2]))
-        labels.append(batch["label"])
+        labels.append(label)
     return torch.cat(feats), torch.cat(labels)
 
 
