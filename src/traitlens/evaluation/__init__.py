@@ -1,0 +1,42 @@
+"""Evaluation: score explanation methods over datasets (`evaluate`), the TraitShapes leaderboard, "why A, not B"
+contrast maps and trait reports (api.md `tl.evaluate`; metrics.md; datasets.md "TraitShapes")."""
+
+from traitlens.evaluation.cli import DEFAULT_METRICS, cli_evaluate, open_dataset
+from traitlens.evaluation.contrast import ContrastScores, contrast_explanation, score_contrast
+from traitlens.evaluation.evaluate import MASK_SOURCES, EvalResults, bootstrap_ci, evaluate, model_fingerprint
+from traitlens.evaluation.leaderboard import (
+    COLUMNS,
+    PEER_METHODS,
+    Leaderboard,
+    leaderboard,
+    leaderboard_small,
+    leaderboard_table,
+    list_peer_methods,
+    peer_explainer,
+)
+from traitlens.evaluation.trait_report import TraitReport, part_disks, trait_report
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_METRICS",
+    "MASK_SOURCES",
+    "PEER_METHODS",
+    "ContrastScores",
+    "EvalResults",
+    "Leaderboard",
+    "TraitReport",
+    "bootstrap_ci",
+    "cli_evaluate",
+    "contrast_explanation",
+    "evaluate",
+    "leaderboard",
+    "leaderboard_small",
+    "leaderboard_table",
+    "list_peer_methods",
+    "model_fingerprint",
+    "open_dataset",
+    "part_disks",
+    "peer_explainer",
+    "score_contrast",
+    "trait_report",
+]
