@@ -135,6 +135,35 @@ def train(
 
 
 @app.command()
+def evaluate(
+    model: str = typer.Option(..., help="Model folder, timm name or preset."),
+    data: str = typer.Option(..., help="CUB-layout folder, ImageFolder tree, or traitshapes[:N]."),
+    methods: str = typer.Option("cdam", help="Comma-separated methods, globs, or 'all'."),
+    metrics: str = typer.Option("default", help="Comma-separated metrics (name or name@source), 'default' or 'all'."),
+    out: Path = typer.Option(Path("runs/evaluate"), help="Output folder: results.{csv,json,md}, plots/, cache/."),
+    split: str = typer.Option("test", help="Dataset split."),
+    batch_size: int = typer.Option(16),
+    max_images: int = typer.Option(0, help="Evaluate at most this many images (0 = all)."),
+    target: str = typer.Option("label", help="'label' (the true class) or 'top1' (the prediction)."),
+) -> None:
+    """Score explanation methods with faithfulness, localisation and complexity metrics; resumable.
+
+    Example: traitlens evaluate --model runs/ts/best --data traitshapes:128 --methods cdam,agcam,rollout
+    --metrics deletion,insertion,pointing_game@trait --out runs/eval
+    Sharded: torchrun --nproc-per-node 2 -m traitlens evaluate ...
+    """
+    from traitlens.evaluation import cli_evaluate
+    from traitlens.train.distributed import distributed_from_env
+
+    with distributed_from_env() as device:
+        results = cli_evaluate(model, data, methods, metrics, out, split=split, batch_size=batch_size,
+                               max_images=max_images or None, target=target, device=str(device))
+    for row in results.rows:
+        typer.echo(f"{row['method']:22} {row['metric']:28} {row['value']:.4f}")
+    typer.echo(f"wrote results to {out}")
+
+
+@app.command()
 def serve(
     model: list[str] = typer.Option(None, help="Model folder / timm name / preset; repeat for several. "
                                                "Default: the quickstart model."),

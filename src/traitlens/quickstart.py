@@ -42,6 +42,7 @@ class QuickstartConfig:
     seed: int = 0
     num_workers: int = 2
     n_explain: int = 4
+    leaderboard_images: int = 32
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
     interpretable_train: int = 3_000
     interpretable_epochs: int = 3
@@ -117,6 +118,19 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     if "raw_attention" in explanations and explanations["raw_attention"].head_maps is not None:
         heads = explanations["raw_attention"].head_maps[0, 0]
         report.figure(head_grid(heads, path=out / "heads.png"), f"last-block CLS attention per head ({labels[0]})")
+    if cfg.leaderboard_images:
+        from traitlens.evaluation import leaderboard_small
+
+        rows, png = leaderboard_small(model, test, n_images=cfg.leaderboard_images)
+        report.heading("Leaderboard against the known traits (small)")
+        report.paragraph(f"{cfg.leaderboard_images} test images. trait_pg: the map's peak falls on the trait that "
+                         "tells the class from its sibling; trait_energy: share of positive saliency inside that "
+                         "trait; deletion (lower is better) / insertion (higher is better): faithfulness. Rows "
+                         "prefixed pgc:/captum: come from pytorch-grad-cam and captum.")
+        columns = [c for c in ("trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
+                                "s_per_img") if rows and c in rows[0]]
+        report.table(["method", *columns], [[r["method"], *[r[c] for c in columns]] for r in rows])
+        report.figure(png, "leaderboard")
     model_dir = result.best_dir or out / "run" / "best"
     interp_acc = _interpretable_section(report, cfg, model_dir, train, val, test, images01, labels, out)
     if skipped:
