@@ -42,9 +42,9 @@ class QuickstartConfig:
     seed: int = 0
     num_workers: int = 2
     n_explain: int = 4
-    leaderboard_images: int = 32
+    leaderboard_images: int = 24
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
-    interpretable_train: int = 3_000
+    interpretable_train: int = 2_000
     interpretable_epochs: int = 3
     progress: bool = True
 

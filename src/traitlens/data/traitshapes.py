@@ -110,15 +110,15 @@ _BEAK = ((1.3, -0.68), (1.3, -0.3), (1.85, -0.48))
 # be read from colour histograms: only the outline tells fan, fork and point apart.
 _TAIL_ROOT = (-0.75, 0.0)
 _TAIL_FAN = (1.15, math.radians(45))  # radius, half opening angle, pointing -x
-_TAIL_FORK = ((-0.75, 0.0), (-2.1, -0.95), (-2.1, 0.95))
-_TAIL_NOTCH = ((-1.4, 0.0), (-2.4, -0.5), (-2.4, 0.5))
+_TAIL_FORK = ((-0.75, 0.0), (-2.1, -1.05), (-2.1, 1.05))
+_TAIL_NOTCH = ((-1.25, 0.0), (-2.4, -0.6), (-2.4, 0.6))  # deep, so the two prongs read at 64 px
 _TAIL_POINT = ((-0.6, -0.76), (-0.6, 0.76), (-2.3, 0.0))
 _CREST_SPIKES = (  # two wide, tall spikes rooted inside the head (the head covers their bases)
     ((0.5, -0.62), (1.02, -0.88), (0.42, -1.72)),
     ((0.9, -0.88), (1.44, -0.62), (1.32, -1.72)),
 )
 _PATTERN_PERIOD = 0.42  # wing stripe period / dot spacing in body units
-_DOT_RADIUS = 0.13
+_DOT_RADIUS = 0.16  # dots cover ~46% of the wing, close to the stripes' 50%
 _TEXTURE_GRID = 5
 _MAX_OVERSAMPLE = 4
 _MAX_DISTRACTORS = 16
