@@ -152,3 +152,23 @@ def test_a_method_failing_midway_is_dropped_not_misaligned(micro_setup):
     assert ("flaky", "gini") not in res.results and "boom" in res.skipped["flaky"]
     assert len(calls) == 2  # not retried on later batches
     assert res.results[("rollout", "gini")].values.shape[0] == len(data)
+
+
+def test_cache_is_keyed_by_data_content(micro_setup, tmp_path):
+    model, data = micro_setup
+    first = evaluate(model, data, ["rollout"], ["gini"], out=tmp_path, progress=False, n_boot=0, plots=False)
+
+    class Flipped(torch.utils.data.Dataset):  # same length and indices, different pixels
+        config = data.config
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            item = dict(data[i])
+            item["image"] = item["image"].flip(-1)
+            return item
+
+    second = evaluate(model, Flipped(), ["rollout"], ["gini"], out=tmp_path, progress=False, n_boot=0, plots=False)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    assert not torch.equal(first.results[("rollout", "gini")].values, second.results[("rollout", "gini")].values)

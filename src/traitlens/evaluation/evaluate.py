@@ -3,7 +3,8 @@
 One call explains every batch with every method, runs every requested metric on it, and writes a summary table
 (CSV, JSON, Markdown), per-image results, deletion/insertion curves per method and metric bars with bootstrap
 confidence intervals over images. Maps and per-batch metric results are cached under `out/cache`, keyed by the
-model's weights, the method and its options, so an interrupted run continues where it stopped.
+model's weights, the method and its options, and the batch's content, so an interrupted run continues where it
+stopped and a changed model or dataset never reuses stale maps.
 
 Under `torchrun` (an initialised `torch.distributed` group, gloo on CPU) each rank evaluates a contiguous shard of
 the images and the results are gathered in rank order, so the table equals a single-process run.
@@ -165,6 +166,15 @@ def model_fingerprint(model: nn.Module) -> str:
             t = t.detach().to("cpu", torch.float32)
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def _batch_key(batch: Batch) -> str:
+    """Hash of a batch's images, labels and masks (cache key)."""
+    h = hashlib.sha1()
+    for t in (batch.images01, batch.labels, batch.masks, batch.disc_masks):
+        if t is not None:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
 
 
 def _hash(obj: Any) -> str:
@@ -368,6 +378,8 @@ def evaluate(
         idx = list(range(start, min(start + batch_size, hi)))
         batch = load_batch(dataset, idx, traits)
         x = normalize(model, batch.images01.to(device))
+        # the cache key covers the batch content too, so a changed dataset never reuses stale maps
+        data_key = _batch_key(batch)
         tgt = batch.labels.to(device) if target == "label" and batch.labels is not None else None
         for name, runner in runners.items():
             if name in failed:
@@ -376,7 +388,7 @@ def evaluate(
             bar.set_postfix_str(name)
             opts = {"options": method_options.get(name, {}), "target": target, "peer": name in explainers}
             mdir = out_dir / "cache" / fp / f"{name.replace(':', '_')}-{_hash(opts)}" if out_dir else None
-            exp_path = mdir / f"{idx[0]:07d}-{idx[-1] + 1:07d}.safetensors" if mdir else None
+            exp_path = mdir / f"{idx[0]:07d}-{idx[-1] + 1:07d}-{data_key}.safetensors" if mdir else None
             try:
                 if exp_path is not None and resume and exp_path.is_file():
                     exp, secs = _load_exp(exp_path, device)
@@ -402,8 +414,8 @@ def evaluate(
                     if why is not None:
                         res.skipped[f"{name}/{req.key}"] = why
                     continue
-                rpath = (mdir / "metrics" / f"{req.key}-{_hash(req.knobs)}" / f"{idx[0]:07d}-{idx[-1] + 1:07d}.pt"
-                         if mdir else None)
+                rpath = (mdir / "metrics" / f"{req.key}-{_hash(req.knobs)}" /
+                         f"{idx[0]:07d}-{idx[-1] + 1:07d}-{data_key}.pt" if mdir else None)
                 try:
                     if rpath is not None and resume and rpath.is_file():
                         outs = _load_results(rpath)
