@@ -1,0 +1,36 @@
+"""The embedded default job, end to end on a small budget, and the learnability claim behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from traitlens.backbones import load_model
+from traitlens.data.traitshapes import colour_histogram_baseline
+from traitlens.explain import list_methods
+from traitlens.quickstart import QuickstartConfig, run_quickstart
+from traitlens.train import evaluate_accuracy
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_writes_a_complete_report(tmp_path) -> None:
+    res = run_quickstart(QuickstartConfig(out=tmp_path / "qs", n_train=512, n_val=128, n_test=128, epochs=1,
+                                          n_explain=2, interpretable_train=128, interpretable_epochs=1,
+                                          leaderboard_images=8, num_workers=0, progress=False))
+    assert res.skipped_methods == {}
+    assert set(res.methods) == {m.name for m in list_methods(family="vit")}
+    assert set(res.interpretable_accuracy) == {"promptcam", "intr", "scouter"}
+    html = res.report.read_text()
+    for section in ("Model and data", "Explanations of the predicted class", "Leaderboard against the known traits",
+                    "Interpretable-by-design models", "colour-histogram baseline"):
+        assert section in html
+    assert html.count("data:image/png;base64,") >= 6
+    model = load_model(res.model_dir)
+    assert model.class_names and len(model.class_names) == 8
+
+
+def test_tiny_vit_beats_colour_histograms(trained_traitshapes) -> None:
+    model, train, test = trained_traitshapes
+    vit = evaluate_accuracy(model, test)
+    histogram = colour_histogram_baseline(train, test)
+    assert vit > histogram + 0.15, (vit, histogram)
