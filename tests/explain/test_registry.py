@@ -139,3 +139,13 @@ def test_no_leak_after_many_explanations() -> None:
     assert _no_hooks(model)
     assert all(p.grad is None for p in model.parameters())
     assert rss_mb() - before < 50  # peak RSS does not climb with the number of calls
+
+
+def test_numpy_integer_targets_are_accepted() -> None:
+    import numpy as np
+
+    model, x = _model("vit")
+    exp = explain(model, x, method="cdam", target=[np.int64(1), 2, np.int32(3)])
+    assert exp.targets.tolist() == [[1], [2], [3]]
+    with pytest.raises(TypeError, match="bool"):
+        explain(model, x, method="cdam", target=True)

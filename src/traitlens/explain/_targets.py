@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +58,7 @@ class TargetSpec:
             if ids.dim() == 0:
                 ids = ids.view(1, 1).expand(self.batch_size, 1)
             self.fixed = self._checked(ids)
-        elif isinstance(spec, (int, str)):
+        elif isinstance(spec, (numbers.Integral, str)):
             self.fixed = self._checked(torch.full((self.batch_size, 1), self._index(spec), dtype=torch.long))
         elif isinstance(spec, Sequence):
             if len(spec) != self.batch_size:
@@ -75,7 +76,7 @@ class TargetSpec:
     def _index(self, t: Any) -> int:
         if isinstance(t, bool):
             raise TypeError("a bool is not a class target")
-        if isinstance(t, (int, torch.Tensor)):
+        if isinstance(t, (numbers.Integral, torch.Tensor)):
             return int(t)
         if isinstance(t, str):
             if self.class_names is None:
