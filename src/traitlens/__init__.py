@@ -8,6 +8,7 @@ Example:
 
 from traitlens import models  # registers the interpretable models and the "native" method
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
+from traitlens.evaluation import evaluate
 from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
 from traitlens.train import FitConfig, fit
 
@@ -19,6 +20,7 @@ __all__ = [
     "Explanation",
     "FitConfig",
     "__version__",
+    "evaluate",
     "explain",
     "fit",
     "get_method",

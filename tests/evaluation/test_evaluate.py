@@ -121,6 +121,21 @@ def test_bad_requests_fail_early(micro_setup):
         evaluate(model, data, ["cdam"], ["pointing_game@nowhere"], progress=False)
     with pytest.raises(ValueError, match="unknown method"):
         evaluate(model, data, ["nope"], ["gini"], progress=False)
+    with pytest.raises(ValueError, match="target must be"):
+        evaluate(model, data, ["cdam"], ["gini"], target="second", progress=False)
+    seen = []
+
+    def recorder(m, x, target):
+        seen.append(target)
+        from traitlens.explain import explain
+
+        return explain(m, x, method="rollout", target=target)
+
+    for rule in ("top1", "label"):
+        evaluate(model, data, ["rec"], ["gini"], explainers={"rec": recorder}, target=rule, progress=False,
+                 n_boot=0, max_images=2)
+    assert seen[0] is None  # top-1: the explainer resolves the prediction itself
+    assert seen[1].tolist() == [int(data[0]["label"]), int(data[1]["label"])]
 
 
 def test_bootstrap_ci_mean_and_dataset_level():

@@ -327,7 +327,7 @@ def evaluate(
         out: folder for results.csv/.json/.md, per_image.csv, plots/ and cache/; None keeps everything in memory.
         batch_size: images per explanation call (metrics chunk their own perturbations).
         max_images: evaluate only the first N images.
-        target: which class to explain: "label" (GT-known, the default) or "pred" (top-1).
+        target: which class to explain: "label" (GT-known, the default) or "pred" / "top1" (the prediction).
         method_options: method → options for `explain` (e.g. {"rollout": {"discard_ratio": 0.9}}).
         metric_options: metric (or "metric@source") → knobs (e.g. {"deletion": {"steps": 16}}).
         explainers: extra named explainers `(model, images, target) -> Explanation` (peer-library adapters).
@@ -343,8 +343,9 @@ def evaluate(
         ...                out="runs/eval", max_images=64)  # doctest: +SKIP
         >>> print(res.to_markdown())  # doctest: +SKIP
     """
+    target = "pred" if target == "top1" else target  # the CLI's word for the prediction
     if target not in ("label", "pred"):
-        raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
+        raise ValueError(f"target must be 'label' or 'pred' (alias 'top1'), got {target!r}")
     method_options = dict(method_options or {})
     metric_options = dict(metric_options or {})
     explainers = dict(explainers or {})

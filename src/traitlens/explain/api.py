@@ -85,10 +85,13 @@ def explain(
     if info.signed and norm == "minmax":
         log.warning("%s is signed; min-max normalisation maps 0 away from 0 (use 'maxabs' to keep the sign)", method)
     if upsample is None and "pixel_maps" in raw.extras:
+        used_upsample = "pixel"
         pixel = raw.extras["pixel_maps"]  # pixel-space methods keep their full-resolution map
     else:
-        pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), upsample or info.default_upsample)
+        used_upsample = upsample or info.default_upsample
+        pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), used_upsample)
     maps, degenerate = normalize_maps(pixel, norm)
+    extras = {**raw.extras, "normalize": norm, "upsample": used_upsample}  # the knobs metrics record
     return Explanation(
         maps=maps.detach(),
         patch_maps=raw.patch_maps.detach(),
@@ -99,7 +102,7 @@ def explain(
         degenerate=degenerate,
         signed=info.signed,
         target_names=spec.names(raw.targets),
-        extras=raw.extras,
+        extras=extras,
     )
 
 
