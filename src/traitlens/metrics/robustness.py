@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from traitlens.metrics._common import (
+    _space,
     batch_indices,
     explanation_parts,
     image_generator,
@@ -118,15 +119,6 @@ def infidelity(
                          "n_samples": n_samples, "normalize": normalize, "score": score, "level": level,
                          "target": target if isinstance(target, str) else "given", "seed": seed})
 
-
-def _space(logits: torch.Tensor, score: str) -> torch.Tensor:
-    if score == "prob":
-        return logits.softmax(-1)
-    if score == "log_prob":
-        return logits.log_softmax(-1)
-    if score == "logit":
-        return logits
-    raise ValueError(f"unknown score '{score}'")
 
 
 def _maps_of(out: Any, use: str) -> torch.Tensor:
