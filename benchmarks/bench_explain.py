@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default="*", help="glob over method names")
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out (e.g. tam: P forwards)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -69,7 +70,10 @@ def main() -> None:
     print(f"plain forward {t_fwd * 1e3:.0f} ms, forward+backward {t_fb * 1e3:.0f} ms\n")
     print(f"{'method':28} {'targets':>7} {'ms':>9} {'÷ fwd':>7} {'÷ fwd+bwd':>9}  note")
     rows: dict[str, float] = {}
+    skip = set(filter(None, args.skip.split(",")))
     for info in tl.list_methods(args.methods, family="vit"):
+        if info.name in skip:
+            continue
         options = STEP_OPTIONS.get(info.name, {})
         for target in (("top1", "topk:5") if info.name in ("cdam", "gradcam_vit", "agcam", "gae") else ("top1",)):
             t = timed(lambda info=info, target=target, options=options: tl.explain(

