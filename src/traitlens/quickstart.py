@@ -55,7 +55,7 @@ class QuickstartConfig:
     n_explain: int = 4
     leaderboard_images: int = 24
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
-    interpretable_train: int = 1_600
+    interpretable_train: int = 1_200
     interpretable_epochs: int = 3
     progress: bool = True
 
