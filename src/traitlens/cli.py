@@ -144,7 +144,10 @@ def evaluate(
     split: str = typer.Option("test", help="Dataset split."),
     batch_size: int = typer.Option(16),
     max_images: int = typer.Option(0, help="Evaluate at most this many images (0 = all)."),
-    target: str = typer.Option("label", help="'label' (the true class) or 'top1' (the prediction)."),
+    target: str = typer.Option("label", help="'label' (the true class), 'top1' (the prediction) or 'lsc' (the "
+                                             "least similar class)."),
+    lsc: str = typer.Option("", help="With --target lsc: min_logit (default), traits, a JSON file {true: lsc} or "
+                                     "'TRUE:LSC,...'."),
 ) -> None:
     """Score explanation methods with faithfulness, localisation and complexity metrics; resumable.
 
@@ -157,7 +160,8 @@ def evaluate(
 
     with distributed_from_env() as device:
         results = cli_evaluate(model, data, methods, metrics, out, split=split, batch_size=batch_size,
-                               max_images=max_images or None, target=target, device=str(device))
+                               max_images=max_images or None, target=target, lsc=lsc or None,
+                               device=str(device))
     for row in results.rows:
         typer.echo(f"{row['method']:22} {row['metric']:28} {row['value']:.4f}")
     typer.echo(f"wrote results to {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -19,6 +20,7 @@ from traitlens.data import (
     Resize,
     TraitShapes,
     TraitShapesConfig,
+    class_traits,
     export_cub,
     load_image,
     materialize,
@@ -68,6 +70,37 @@ def test_cub_round_trip_matches_the_generator(exported, split: str) -> None:
             assert torch.equal(got[key], want[key]), key
         assert torch.allclose(got["parts"], want["parts"], atol=1e-3)
     assert len(CUBDataset(root, split="all")) == 20
+    assert ds.trait_table is not None
+
+
+def test_cub_exposes_the_exported_trait_table(exported) -> None:
+    root, _, _ = exported
+    table = CUBDataset(root, split="test", with_masks=False).trait_table  # class-level: no masks needed
+    assert table is not None and table.slots == CFG.slots
+    assert list(table.class_traits) == class_traits(CFG)
+    assert table.slot_parts["head_colour"] == "head" and table.values["crest"] == ("none", "spike")
+    assert table.config["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda doc: doc["classes"].pop(), "do not match the 6 classes"),
+        (lambda doc: doc["slot_parts"].update(crest="antenna"), "not in parts/parts.txt"),
+        (lambda doc: doc["classes"][0].update(traits=[0, 0]), "not one value index per slot"),
+        (lambda doc: doc["classes"][0].update(traits=[0, 0, 0, 7]), "not one value index per slot"),
+        (lambda doc: doc.pop("slots"), "cannot read"),
+    ],
+)
+def test_bad_traits_json_is_an_error_naming_the_problem(exported, tmp_path: Path, edit, message) -> None:
+    root, _, _ = exported
+    bad = tmp_path / "cub"
+    shutil.copytree(root, bad)
+    doc = json.loads((bad / "traits.json").read_text())
+    edit(doc)
+    (bad / "traits.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=re.escape(message)):
+        CUBDataset(bad, split="test")
 
 
 def test_cub_without_masks_and_with_transform(exported) -> None:

@@ -96,6 +96,13 @@ def test_center_crop_clips_box_and_hides_parts_outside() -> None:
     assert_annotations_follow(big)
 
 
+def test_center_crop_clips_each_of_several_boxes() -> None:
+    s = rect_sample(box=(2, 20, 50, 44))
+    s["box"] = torch.tensor([[2.0, 20.0, 50.0, 44.0], [30.0, 0.0, 64.0, 64.0]])
+    out = CenterCrop(40)(s)  # window x 20..60, y 10..50
+    assert out["box"].tolist() == [[0.0, 10.0, 30.0, 34.0], [10.0, 0.0, 40.0, 40.0]]
+
+
 def test_random_resized_crop_is_seeded_and_consistent() -> None:
     s = rect_sample()
     a = [RandomResizedCrop(32, scale=(0.3, 1.0), seed=5)(s) for _ in range(2)]

@@ -22,3 +22,9 @@ def make_setup(n: int = 6, num_classes: int = 2, slots: tuple[str, ...] = ("head
 def micro_setup():
     """(random micro ViT, 6 TraitShapes test images at 32 px with 2 sibling classes)."""
     return make_setup()
+
+
+@pytest.fixture(scope="session")
+def setup_factory():
+    """`make_setup` itself, for tests that need other sizes, class counts or slots."""
+    return make_setup

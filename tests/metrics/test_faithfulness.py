@@ -212,3 +212,21 @@ def test_tam_agreement_is_one_for_tam_itself(tiny_vit, tiny_images):
     assert r.value == pytest.approx(1.0) and torch.allclose(r.values, torch.ones(3, 1, dtype=torch.float64))
     per = tam_agreement(model, x, explain(model, x, method="raw_attention"), mode="per_image")
     assert per.aggregate == "mean" and per.values.shape == (3, 1)
+
+
+def test_pooled_tam_aggregators_skip_nan_pairs() -> None:
+    from scipy.stats import spearmanr
+
+    from traitlens.metrics import MetricResult
+    from traitlens.metrics._registry import AGGREGATORS
+
+    g = torch.Generator().manual_seed(0)
+    scores, tam = torch.randn(3, 2, 16, generator=g, dtype=torch.float64), torch.randn(3, 2, 16, generator=g,
+                                                                                      dtype=torch.float64)
+    scores[1, 1] = math.nan  # a padded target slot (multi-label data)
+    tam[2, 0, 3] = math.nan
+    result = MetricResult("tam_agreement", torch.zeros(3, 2), "higher", {}, extras={"scores": scores, "tam": tam})
+    keep = ~(scores.isnan() | tam.isnan()).flatten().numpy()
+    a, b = scores.flatten().numpy()[keep], tam.flatten().numpy()[keep]
+    assert AGGREGATORS["pooled_pearson"](result) == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
+    assert AGGREGATORS["pooled_spearman"](result) == pytest.approx(spearmanr(a, b)[0], abs=1e-12)

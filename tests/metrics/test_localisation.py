@@ -13,13 +13,14 @@ from traitlens.metrics import (
     boxes_to_masks,
     connected_components,
     energy_pointing_game,
+    localisation,
     mask_overlap,
     pointing_game,
     pxap,
     wsol,
 )
 from traitlens.metrics._registry import MetricResult
-from traitlens.metrics.localisation import component_boxes
+from traitlens.metrics.localisation import component_boxes, hole_boxes
 
 
 def test_pointing_game_tolerance_oracle():
@@ -131,6 +132,22 @@ def test_connected_components_8_connectivity_against_scipy():
     assert connected_components(snake).unique().numel() == 2  # one long component + background
 
 
+def test_connected_components_4_connectivity_against_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")  # its default structure is the 4-connected cross
+    g = torch.Generator().manual_seed(1)
+    binary = torch.rand(5, 17, 21, generator=g) > 0.45
+    labels = connected_components(binary, connectivity=4)
+    for b in range(5):
+        ref, n = ndimage.label(binary[b].numpy())
+        pairs = {(int(a), int(c)) for a, c in zip(labels[b].numpy().ravel(), ref.ravel(), strict=True)}
+        assert len(pairs) == n + 1  # same partition
+    diagonal = torch.eye(4, dtype=torch.bool)[None]
+    assert connected_components(diagonal, connectivity=4).unique().numel() == 5  # 4 pixels + background
+    assert connected_components(diagonal).unique().numel() == 2
+    with pytest.raises(ValueError, match="connectivity"):
+        connected_components(diagonal, connectivity=6)
+
+
 def test_component_boxes_and_opencv_rectangles():
     binary = torch.zeros(1, 8, 8, dtype=torch.bool)
     binary[0, 1:3, 2:6] = True
@@ -201,3 +218,161 @@ def test_wsol_largest_component_by_pixel_count_differs_from_contour_area_on_thin
     contours = cv2.findContours((m[0, 0].numpy() > 0).astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     largest = max(contours, key=cv2.contourArea)
     assert cv2.boundingRect(largest) == (20, 20, 4, 4)  # the reference would pick the blob
+
+
+# ----------------------------------------------------------------------------- hole contours (RETR_TREE)
+
+
+def _contour_depths(hierarchy: np.ndarray | None) -> list[int]:
+    """Nesting depth of each OpenCV RETR_TREE contour: even = outer border, odd = hole border."""
+    if hierarchy is None:
+        return []
+    parents = hierarchy[0][:, 3]
+    depths = []
+    for i in range(len(parents)):
+        d, p = 0, parents[i]
+        while p >= 0:
+            d, p = d + 1, parents[p]
+        depths.append(d)
+    return depths
+
+
+def _binaries_with_holes() -> list[np.ndarray]:
+    """Random blobs (many holes, diagonal pinches) and hand shapes: nested rings with islands inside holes,
+    1-px rings, a diamond ring, diagonal holes, holes open to the image edge, checkerboards, empty and full."""
+    rng = np.random.default_rng(0)
+    out = [rng.random((int(rng.integers(3, 21)), int(rng.integers(3, 21)))) < p
+           for p in np.repeat([0.5, 0.6, 0.7, 0.8], 40)]
+    for size, width, offset in [(21, 2, 1), (24, 3, 0), (17, 1, 1), (30, 2, 2)]:
+        d = np.minimum.outer(np.arange(size), np.arange(size))
+        d = np.minimum(d, d[::-1, ::-1])  # distance to the nearest edge
+        out.append(((d - offset) // width % 2 == 0) & (d >= offset))  # concentric rings: holes, islands, holes...
+    ring = np.ones((5, 5), bool)
+    ring[1:4, 1:4] = False
+    ring[2, 2] = True
+    diamond = np.zeros((7, 7), bool)
+    for y, x in [(1, 3), (2, 2), (2, 4), (3, 1), (3, 5), (4, 2), (4, 4), (5, 3)]:
+        diamond[y, x] = True
+    pinched = np.ones((4, 4), bool)
+    pinched[1, 1] = pinched[2, 2] = False  # two holes touching diagonally: separate under 4-connectivity
+    open_u = np.ones((6, 6), bool)
+    open_u[1:5, 2:4] = False
+    open_u[5, 2:4] = False  # the cavity reaches the image edge: not a hole
+    checker = (np.add.outer(np.arange(9), np.arange(11)) % 2 == 0)
+    out += [ring, diamond, pinched, open_u, checker, ~checker, np.zeros((5, 6), bool), np.ones((5, 6), bool)]
+    return out
+
+
+def test_outer_and_hole_boxes_match_opencv_tree_contours():
+    cv2 = pytest.importorskip("cv2")
+    n_holes = 0
+    for binary in _binaries_with_holes():
+        contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2:]
+        depths = _contour_depths(hierarchy)
+        ref_outer = sorted(cv2.boundingRect(c) for c, d in zip(contours, depths, strict=True) if d % 2 == 0)
+        ref_holes = sorted(cv2.boundingRect(c) for c, d in zip(contours, depths, strict=True) if d % 2 == 1)
+        t = torch.from_numpy(binary)[None]
+        _, comps = component_boxes(connected_components(t))
+        _, holes = hole_boxes(t)
+
+        def xywh(boxes: torch.Tensor) -> list[tuple[int, ...]]:
+            return sorted((int(b[0]), int(b[1]), int(b[2] - b[0] + 1), int(b[3] - b[1] + 1)) for b in boxes)
+
+        assert xywh(comps) == ref_outer
+        assert xywh(holes) == ref_holes
+        n_holes += len(ref_holes)
+    assert n_holes > 100  # the sample really exercises holes
+
+
+def _reference_best_ious(scoremap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, holes: bool) -> np.ndarray:
+    """wsolevaluation's `compute_bboxes_from_scoremaps(multi_contour_eval=True)` + `calculate_multiple_iou`:
+    per τ, the best IoU of any contour box with any GT box (`holes=False` drops the hole contours)."""
+    import cv2
+
+    height, width = scoremap.shape
+    image = (scoremap * 255).astype(np.uint8)
+    best = []
+    for tau in thresholds:
+        _, binary = cv2.threshold(image, int(tau * np.max(image)), 255, cv2.THRESH_BINARY)
+        contours, hierarchy = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2:]
+        if not holes:
+            contours = [c for c, d in zip(contours, _contour_depths(hierarchy), strict=True) if d % 2 == 0]
+        boxes = [[0, 0, 0, 0]] if not contours else [
+            [x, y, min(x + w, width - 1), min(y + h, height - 1)] for x, y, w, h in map(cv2.boundingRect, contours)]
+        a, b = np.array(boxes)[:, None], gt[None]
+        iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+        ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+        area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+        area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+        best.append((iw * ih / (area_a + area_b - iw * ih)).max())
+    return np.array(best)
+
+
+def test_wsol_candidate_boxes_match_the_reference_multi_contour_evaluation():
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(3)
+    H = W = 28
+    yy, xx = np.mgrid[0:H, 0:W]
+    maps, gts = [], []
+    for _ in range(10):
+        cy, cx, r = rng.uniform(9, 19), rng.uniform(9, 19), rng.uniform(4, 8)
+        ring = np.exp(-((np.hypot(yy - cy, xx - cx) - r) ** 2) / 4)  # a bright ring around a dark hole
+        island = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2) * rng.uniform(0, 0.8)  # sometimes an island inside
+        m = ring + island + rng.uniform(0.1, 0.5) * rng.random((H, W))
+        maps.append((m - m.min()) / (m.max() - m.min()))
+        inner = [cx - r / 2, cy - r / 2, cx + r / 2, cy + r / 2]  # GT inside the ring: where hole boxes matter
+        other = sorted(rng.uniform(0, W - 1, 2)) + sorted(rng.uniform(0, H - 1, 2))
+        gts.append(torch.tensor([inner, [other[0], other[2], other[1], other[3]]], dtype=torch.float64))
+    s = torch.from_numpy(np.stack(maps))[:, None]
+    step = 0.02
+    thresholds = np.arange(0, 1, step)
+    differs = 0
+    for contours, holes in [("outer", False), ("tree", True)]:
+        res = wsol(s, gts, cam_curve_interval=step, contours=contours)["maxboxacc_v2"]
+        assert res.knobs["contours"] == contours
+        for i in range(len(maps)):
+            ref = _reference_best_ious(maps[i], gts[i].trunc().numpy().astype(np.int64), thresholds, holes)
+            np.testing.assert_allclose(res.extras["iou_all"][i, 0].numpy(), ref, rtol=0, atol=1e-12)
+            if holes:
+                differs += int((ref != _reference_best_ious(maps[i], gts[i].trunc().numpy().astype(np.int64),
+                                                            thresholds, False)).any())
+    assert differs >= 3  # hole boxes change the best match on several maps
+
+
+def test_wsol_tree_contours_on_a_ring_hand_oracle():
+    # a 4-px-thick ring (rows/cols 2..21) around a 12×12 hole (rows/cols 6..17) in 32×32
+    m = torch.zeros(1, 1, 32, 32)
+    m[0, 0, 2:22, 2:22] = 1.0
+    m[0, 0, 6:18, 6:18] = 0.0
+    gt = [torch.tensor([[5.0, 5.0, 19.0, 19.0]])]
+    # outer box [2, 2, 22, 22] (21² px) vs GT (15² px): IoU 225/441 ≈ 0.51 → hits at δ = 0.3, 0.5, misses 0.7
+    # hole box = hole grown by 1 px = [5, 5, 18, 18] → reference [x, y, x+w, y+h] = [5, 5, 19, 19]: IoU 1
+    outer = wsol(m, gt)
+    tree = wsol(m, gt, contours="tree")
+    assert outer["maxboxacc_v2"].knobs["contours"] == "outer"
+    assert outer["maxboxacc_v2"].value == pytest.approx(200 / 3)
+    assert tree["maxboxacc_v2"].value == pytest.approx(100.0)
+    assert float(tree["maxboxacc_v2"].extras["iou_all"].max()) == pytest.approx(1.0)
+    assert float(outer["maxboxacc_v2"].extras["iou_all"].max()) == pytest.approx(225 / 441)
+    # the largest component (MaxBoxAcc, GT-known Loc) does not depend on the contour mode
+    assert tree["maxboxacc"].value == outer["maxboxacc"].value == 100.0
+    assert tree["gt_known_loc"].value == outer["gt_known_loc"].value
+    with pytest.raises(ValueError, match="contours"):
+        wsol(m, gt, contours="external")
+
+
+def test_wsol_labels_components_once_per_distinct_level(monkeypatch):
+    calls: list[tuple[int, int]] = []
+    real = localisation.connected_components
+
+    def counting(binary: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
+        calls.append((binary.shape[0], connectivity))
+        return real(binary, connectivity)
+
+    monkeypatch.setattr(localisation, "connected_components", counting)
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(1, 1, 16, 16, generator=g)
+    gt = [torch.tensor([[2.0, 2.0, 9.0, 9.0]])]
+    wsol(m, gt, cam_curve_interval=0.001, contours="tree")  # 1000 thresholds, at most 256 uint8 levels
+    assert [c for _, c in calls] == [8, 4]  # one batched call for the components, one for the holes
+    assert calls[0][0] == calls[1][0] <= 256

@@ -100,3 +100,55 @@ def test_mprt_with_a_real_method_and_independent_mode(tiny_vit, tiny_images):
     assert out["mprt"].direction == "lower" and out["mprt"].curves.shape == (2, 1, 5)
     assert (out["mprt"].curves <= 1 + 1e-9).all()
     assert out["mprt"].curves[:, :, 0].mean() < 0.999  # randomising the head changes the gradient map
+
+
+def test_mprt_ssim_on_linear_model_matches_skimage_on_hand_replayed_weights():
+    metrics = pytest.importorskip("skimage.metrics")
+    model = Linear1(H=8, W=8)  # the gradient map of class c is W[c] as an 8×8 image, whatever the input
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([[0], [2]])
+    exp = Exp(gradient_explainer(model, x, targets), targets)
+    out = mprt(model, x, exp, gradient_explainer, layers=[("fc", ["fc"])], similarity="ssim")
+    W = model.fc.weight.detach()
+    gen = torch.Generator().manual_seed(42)
+    fresh = torch.empty_like(W)
+    sigma = float(W.float().std())
+    torch.nn.init.trunc_normal_(fresh, 0.0, sigma, -2 * sigma, 2 * sigma, generator=gen)
+
+    def reference(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.view(8, 8).numpy(), b.view(8, 8).numpy()
+        na, nb = (a - a.min()) / (a.max() - a.min()), (b - b.min()) / (b.max() - b.min())
+        return metrics.structural_similarity(na, nb, win_size=7, data_range=1.0, gaussian_weights=False,
+                                             use_sample_covariance=True)
+
+    for b, c in enumerate(targets[:, 0].tolist()):
+        assert float(out["mprt"].values[b, 0]) == pytest.approx(reference(W[c].abs(), fresh[c].abs()), abs=1e-10)
+        assert float(out["mprt_signed"].values[b, 0]) == pytest.approx(reference(W[c], fresh[c]), abs=1e-10)
+    for name in ("mprt", "mprt_signed"):
+        assert out[name].knobs["similarity"] == "ssim"
+        assert "7x7 uniform" in out[name].knobs["ssim"]
+    assert mprt(model, x, exp, gradient_explainer, layers=[("fc", ["fc"])])["mprt"].knobs["similarity"] == "spearman"
+    with pytest.raises(ValueError, match="similarity"):
+        mprt(model, x, exp, gradient_explainer, similarity="hog")
+
+
+def test_mprt_ssim_stays_one_for_a_model_independent_explainer_and_drops_for_gradients(tiny_vit, tiny_images):
+    model = tiny_vit(depth=2, img=16)
+    x = tiny_images(3, img=16)
+
+    def channel_mean(m, imgs, t):
+        return imgs.mean(1, keepdim=True).expand(-1, t.shape[1], -1, -1)
+
+    targets = torch.zeros(3, 1, dtype=torch.long)
+    control = mprt(model, x, Exp(channel_mean(model, x, targets), targets), channel_mean, similarity="ssim")
+    assert torch.allclose(control["mprt"].curves, torch.ones_like(control["mprt"].curves))
+
+    def explainer(m, imgs, t):
+        return explain(m, imgs, method="input_x_gradient", target=t)
+
+    out = mprt(model, x, explainer(model, x, None), explainer, similarity="ssim")
+    curve = out["mprt"].curves.mean((0, 1))  # [steps] = head, norm, blocks.1, blocks.0, embed; mean over images
+    assert out["mprt"].knobs["similarity"] == "ssim" and curve.shape == (5,)
+    assert (curve < 1).all()
+    # the cascade is not monotone step by step, but the fully randomised model ends furthest from the original
+    assert curve[-1] < curve[:2].min()

@@ -7,7 +7,7 @@ transforms, trainers and metrics serves TraitShapes, CUB-layout folders and Imag
 
 from traitlens.data.errors import DataError
 from traitlens.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist, read_idx
-from traitlens.data.folders import IMAGE_EXTENSIONS, CUBDataset, ImageFolderDataset, load_image
+from traitlens.data.folders import IMAGE_EXTENSIONS, CUBDataset, ImageFolderDataset, TraitTable, load_image
 from traitlens.data.traitshapes import (
     PART_NAMES,
     PRESETS,
@@ -60,6 +60,7 @@ __all__ = [
     "TraitShapes",
     "TraitShapesConfig",
     "TraitShapesSample",
+    "TraitTable",
     "class_mask",
     "class_names",
     "class_traits",

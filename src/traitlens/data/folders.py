@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from traitlens.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "CUBDataset", "ImageFolderDataset", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "CUBDataset", "ImageFolderDataset", "TraitTable", "load_image"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 """File suffixes (case-insensitive) that ``ImageFolderDataset`` picks up."""
@@ -176,6 +177,29 @@ def _read_table(path: Path, columns: int) -> list[list[str]]:
     return rows
 
 
+@dataclass(frozen=True)
+class TraitTable:
+    """The class trait table of a TraitShapes export (its ``traits.json``); real CUB has none.
+
+    It carries what trait metrics need beyond the pixels (datasets.md, "TraitShapes"): which trait
+    value every class has in every slot, so siblings, discriminative masks and least-similar classes
+    can be derived from the exported files alone, without the generator.
+
+    Attributes:
+        slots: trait slot names, e.g. ``("head_colour", "wing_pattern")``.
+        values: slot -> its value names.
+        slot_parts: slot -> the part that carries it (its trait mask is that part's mask).
+        class_traits: per class (0-based label) the value index of every slot.
+        config: the generator config as exported (provenance only).
+    """
+
+    slots: tuple[str, ...]
+    values: dict[str, tuple[str, ...]]
+    slot_parts: dict[str, str]
+    class_traits: tuple[tuple[int, ...], ...]
+    config: dict[str, Any]
+
+
 class CUBDataset(_FileDataset):
     """The CUB-200-2011 layout (also TraitShapes exported by ``export_cub``).
 
@@ -183,8 +207,9 @@ class CUBDataset(_FileDataset):
     ``bounding_boxes.txt`` (x y w h -> xyxy), ``parts/parts.txt`` and ``parts/part_locs.txt`` when
     present, and with ``with_masks`` the optional ``segmentations/<path>.png`` (foreground, soft
     CUB masks thresholded at 128) and ``part_masks/<path>.png`` (a label map of 1-based part ids).
-    With a ``traits.json`` (TraitShapes) it adds ``trait_masks`` and ``traits``. Ids are 1-based;
-    labels are ``class_id - 1``.
+    With a ``traits.json`` (TraitShapes) it exposes the class trait table as ``trait_table`` and adds
+    ``trait_masks`` and ``traits`` to items that have part masks; without it ``trait_table`` is None.
+    Ids are 1-based; labels are ``class_id - 1``.
 
     Args:
         root: the folder holding ``images.txt`` and ``images/``.
@@ -221,7 +246,8 @@ class CUBDataset(_FileDataset):
             {int(r[0]): [float(v) for v in r[1:]] for r in _read_table(boxes_file, 5)} if boxes_file.is_file() else {}
         )
         self._load_parts(root / "parts")
-        self._traits = self._load_traits(root / "traits.json")
+        self._slot_part_index: list[int] = []
+        self.trait_table = self._load_traits(root / "traits.json", len(self.classes))
         seg_dir, part_dir = root / "segmentations", root / "part_masks"
         self._seg_dir = seg_dir if with_masks and seg_dir.is_dir() else None
         self._part_dir = part_dir if with_masks and part_dir.is_dir() and self.part_names else None
@@ -263,18 +289,31 @@ class CUBDataset(_FileDataset):
         for image_id, part, x, y, vis in table:
             self._parts[int(image_id)][int(part) - 1] = (x, y, vis)
 
-    def _load_traits(self, path: Path) -> dict[str, Any] | None:
+    def _load_traits(self, path: Path, num_classes: int) -> TraitTable | None:
+        """The trait table of ``traits.json`` (None when absent), checked against the parts and classes."""
         if not path.is_file():
             return None
         try:
-            traits = json.loads(path.read_text())
-            slot_parts = [self.part_names.index(traits["slot_parts"][s]) for s in traits["slots"]]
-            by_class = {c["id"] - 1: c["traits"] for c in traits["classes"]}
-        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            doc = json.loads(path.read_text())
+            slots = tuple(doc["slots"])
+            slot_parts = {slot: doc["slot_parts"][slot] for slot in slots}
+            values = {slot: tuple(doc["values"][slot]) for slot in slots}
+            rows = {int(c["id"]): (c["name"], tuple(int(v) for v in c["traits"])) for c in doc["classes"]}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"cannot read {path}: {e}") from e
+        unknown = sorted({p for p in slot_parts.values() if p not in self.part_names})
+        if unknown:
+            raise DataError(f"{path}: slot parts {unknown} are not in parts/parts.txt {self.part_names}")
+        if sorted(rows) != list(range(1, num_classes + 1)):
+            raise DataError(f"{path}: class ids {sorted(rows)} do not match the {num_classes} classes of classes.txt")
+        for cid, (_, traits) in rows.items():
+            ok = len(traits) == len(slots) and all(0 <= v < len(values[s]) for v, s in zip(traits, slots, strict=True))
+            if not ok:
+                raise DataError(f"{path}: class {cid} has traits {list(traits)}, not one value index per slot {slots}")
+        self._slot_part_index = [self.part_names.index(slot_parts[s]) for s in slots]
         # TraitShapes class names ("red-head/stripes/fan/spike") read better than folder names.
-        self.classes = [c["name"] for c in sorted(traits["classes"], key=lambda c: c["id"])]
-        return {"slot_parts": slot_parts, "by_class": by_class}
+        self.classes = [rows[c][0] for c in sorted(rows)]
+        return TraitTable(slots, values, slot_parts, tuple(rows[c][1] for c in sorted(rows)), doc.get("config", {}))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -306,9 +345,9 @@ class CUBDataset(_FileDataset):
             owner = torch.from_numpy(_load_mask(self._part_dir / mask_rel, shape).astype(np.int64))
             ids = torch.arange(1, len(self.part_names) + 1)
             item["part_masks"] = owner[None] == ids[:, None, None]
-            if self._traits is not None:
-                item["trait_masks"] = item["part_masks"][self._traits["slot_parts"]]
-                item["traits"] = torch.tensor(self._traits["by_class"][label], dtype=torch.int64)
+            if self.trait_table is not None:
+                item["trait_masks"] = item["part_masks"][self._slot_part_index]
+                item["traits"] = torch.tensor(self.trait_table.class_traits[label], dtype=torch.int64)
         return item
 
     def __repr__(self) -> str:

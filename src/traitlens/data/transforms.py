@@ -150,8 +150,8 @@ def _crop(sample: Sample, top: int, left: int, height: int, width: int) -> Sampl
             out[key] = dst
     if "box" in sample:
         box = sample["box"] - torch.tensor([left, top, left, top], dtype=sample["box"].dtype)
-        box[0::2] = box[0::2].clamp(0, width)
-        box[1::2] = box[1::2].clamp(0, height)
+        box[..., 0::2] = box[..., 0::2].clamp(0, width)  # boxes may be [4] or [n, 4]
+        box[..., 1::2] = box[..., 1::2].clamp(0, height)
         out["box"] = box
     if "parts" in sample:
         parts = sample["parts"].clone()

@@ -3,7 +3,7 @@ contrast maps and trait reports (api.md `tl.evaluate`; metrics.md; datasets.md "
 
 from traitlens.evaluation.cli import DEFAULT_METRICS, cli_evaluate, open_dataset
 from traitlens.evaluation.contrast import ContrastScores, contrast_explanation, score_contrast
-from traitlens.evaluation.evaluate import MASK_SOURCES, EvalResults, bootstrap_ci, evaluate, model_fingerprint
+from traitlens.evaluation.evaluate import MASK_SOURCES, TARGETS, EvalResults, bootstrap_ci, evaluate, model_fingerprint
 from traitlens.evaluation.leaderboard import (
     COLUMNS,
     PEER_METHODS,
@@ -14,13 +14,16 @@ from traitlens.evaluation.leaderboard import (
     list_peer_methods,
     peer_explainer,
 )
+from traitlens.evaluation.lsc import LSC_RULES, least_similar_classes, lsc_targets
 from traitlens.evaluation.trait_report import TraitReport, part_disks, trait_report
 
 __all__ = [
     "COLUMNS",
     "DEFAULT_METRICS",
+    "LSC_RULES",
     "MASK_SOURCES",
     "PEER_METHODS",
+    "TARGETS",
     "ContrastScores",
     "EvalResults",
     "Leaderboard",
@@ -32,7 +35,9 @@ __all__ = [
     "leaderboard",
     "leaderboard_small",
     "leaderboard_table",
+    "least_similar_classes",
     "list_peer_methods",
+    "lsc_targets",
     "model_fingerprint",
     "open_dataset",
     "part_disks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from traitlens.evaluation.evaluate import EvalResults, evaluate
+from traitlens.evaluation.lsc import LscRule
 
-__all__ = ["DEFAULT_METRICS", "cli_evaluate", "open_dataset", "resolve_methods", "resolve_metric_names"]
+__all__ = ["DEFAULT_METRICS", "cli_evaluate", "open_dataset", "parse_lsc", "resolve_methods", "resolve_metric_names"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,30 @@ def resolve_metric_names(metrics: str | Sequence[str]) -> list[str]:
     return out
 
 
+def parse_lsc(value: str | Mapping[int, int] | None) -> LscRule | None:
+    """The `--lsc` option: a rule name ("min_logit", "traits"), a JSON file holding {true_class: lsc_class}, or
+    inline pairs "TRUE:LSC,TRUE:LSC" of class ids. Empty or None means the default rule."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    if text.endswith(".json"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"lsc mapping file not found: {path}")
+        try:
+            return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: expected a JSON object {{\"true_class\": lsc_class}} of class ids") from err
+    if ":" in text:
+        try:
+            return {int(a): int(b) for a, b in (pair.split(":") for pair in text.split(",") if pair.strip())}
+        except ValueError as err:
+            raise ValueError(f"bad lsc mapping {text!r}: expected 'TRUE:LSC,TRUE:LSC' with class ids") from err
+    return text
+
+
 def open_dataset(data: str | Path | Dataset, model: nn.Module, split: str = "test") -> Dataset:
     """A dataset for `model` from a path or spec, resized to the model's input size.
 
@@ -99,6 +125,7 @@ def cli_evaluate(
     batch_size: int = 16,
     max_images: int | None = None,
     target: str = "label",
+    lsc: str | Mapping[int, int] | None = None,
     device: str = "cpu",
     progress: bool = True,
     resume: bool = True,
@@ -113,10 +140,15 @@ def cli_evaluate(
         methods: "all", a comma-separated list or a list.
         metrics: "default", "all", a comma-separated list (names or "name@source") or a list.
         out: the output folder (its `cache/` makes re-runs resume).
+        target: "label", "top1" or "lsc" (the least similar class, metrics.md §6).
+        lsc: with target "lsc": "min_logit" (default), "traits", a JSON mapping file or "TRUE:LSC,..." (see
+            `parse_lsc`).
 
     Example:
         traitlens evaluate --model runs/qs/run/best --data traitshapes:128 --methods cdam,rollout,agcam
             --metrics deletion,insertion,pointing_game@trait --out runs/eval
+        traitlens evaluate --model runs/qs/run/best --data traitshapes:128 --methods cdam --metrics pointing_game
+            --target lsc --lsc traits --out runs/eval-lsc
     """
     if not isinstance(model, nn.Module):
         from traitlens.backbones import load_model
@@ -129,5 +161,5 @@ def cli_evaluate(
     log.info("evaluating %d methods × %d metrics on %d images", len(names), len(metric_names),
              len(dataset) if max_images is None else min(len(dataset), max_images))
     return evaluate(model, dataset, names, metric_names, out=out, batch_size=batch_size, max_images=max_images,
-                    target=target, method_options=method_options, metric_options=metric_options,
+                    target=target, lsc=parse_lsc(lsc), method_options=method_options, metric_options=metric_options,
                     progress=progress, resume=resume)

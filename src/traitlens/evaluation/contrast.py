@@ -100,7 +100,8 @@ def score_contrast(
     """
     traits = trait_info(dataset)
     if traits is None:
-        raise ValueError("score_contrast needs a TraitShapes dataset (a TraitShapesConfig as .config)")
+        raise ValueError("score_contrast needs a TraitShapes dataset (a TraitShapesConfig as .config, or its CUB "
+                         "export read back with traits.json)")
     method_options = method_options or {}
     names = list(methods) if methods is not None else [m.name for m in list_methods(family="vit")
                                                         if m.class_specific and m.name != "native"]

@@ -12,6 +12,11 @@ the images and the results are gathered in rank order, so the table equals a sin
 Metric names may carry a mask source, `"name@source"`: `object` (the item's `mask`, else its rasterised `box`),
 `box`, `trait` (TraitShapes sibling-discriminative masks; every (image, sibling) pair is a sample) or `class`
 (TraitShapes class masks), e.g. `"pointing_game@trait"`.
+
+Targets: the true label (GT-known), the prediction, or the least similar class (`target="lsc"`, metrics.md §6,
+see `traitlens.evaluation.lsc`). Multi-label datasets (items with a multi-hot `labels`, see `_data`) explain and
+score every present class of an image under `target="label"`; images with fewer classes than the batch's widest
+image get padded target slots, which are NaN in `values`, marked in `extras["padded"]` and not counted as undefined.
 """
 
 from __future__ import annotations
@@ -35,15 +40,18 @@ from torch.utils.data import Dataset
 from traitlens._io import atomic_write
 from traitlens.backbones.preprocess import normalize
 from traitlens.evaluation._data import Batch, TraitInfo, load_batch, trait_info
+from traitlens.evaluation.lsc import LSC_READING, LscRule, check_lsc_rule, lsc_targets
 from traitlens.explain import Explanation, explain, get_method
 from traitlens.metrics import MetricInputs, MetricResult, get_metric
 from traitlens.metrics._registry import MetricInfo
 
-__all__ = ["MASK_SOURCES", "EvalResults", "Explainer", "evaluate", "model_fingerprint"]
+__all__ = ["MASK_SOURCES", "TARGETS", "EvalResults", "Explainer", "evaluate", "model_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 MASK_SOURCES = ("object", "box", "trait", "class")
+TARGETS = ("label", "pred", "lsc")
+"""Target rules of `evaluate`: the true class, the top-1 prediction (alias "top1"), the least similar class."""
 Explainer = Callable[[nn.Module, torch.Tensor, Any], Explanation]
 """`(model, images in model space, target) -> Explanation`: a method bound to its options."""
 
@@ -104,6 +112,7 @@ class EvalResults:
         skipped: "method" or "method/metric" → why it was not computed.
         out: the output folder, when written.
         figures: name → PNG bytes (curves, bars).
+        config: what was run (methods, metrics, target rule and LSC rule, options), as written to results.json.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -113,6 +122,7 @@ class EvalResults:
     skipped: dict[str, str] = field(default_factory=dict)
     out: Path | None = None
     figures: dict[str, bytes] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -171,7 +181,7 @@ def model_fingerprint(model: nn.Module) -> str:
 def _batch_key(batch: Batch) -> str:
     """Hash of a batch's images, labels and masks (cache key)."""
     h = hashlib.sha1()
-    for t in (batch.images01, batch.labels, batch.masks, batch.disc_masks):
+    for t in (batch.images01, batch.labels, batch.masks, batch.disc_masks, batch.present, batch.present_masks):
         if t is not None:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:10]
@@ -256,14 +266,18 @@ def _expand(exp: Explanation, S: int) -> Explanation:
                    targets=exp.targets.expand(B, S), head_maps=None, extras=extras)
 
 
-def _unmet(req: _Request, batch: Batch) -> str | None:
+def _unmet(req: _Request, batch: Batch, per_class: bool) -> str | None:
+    """Why `req` cannot run on `batch` (None when it can); `per_class`: every present class is a target."""
     needs = req.info.needs
     if "labels" in needs and batch.labels is None:
-        return "the dataset has no labels"
-    if "boxes" in needs and batch.boxes is None:
-        return "the dataset has no boxes"
+        return ("needs one label per image; the dataset is multi-label" if batch.multi_label
+                else "the dataset has no labels")
+    if "boxes" in needs and (batch.boxes is None or per_class):
+        return ("needs the boxes of one target class; multi-label images carry boxes of several classes"
+                if per_class and batch.boxes is not None else "the dataset has no boxes")
     if "trait_masks" in needs and batch.siblings is None:
-        return "needs TraitShapes trait masks (a dataset with a TraitShapesConfig as .config)"
+        return ("needs TraitShapes trait masks (a TraitShapes dataset, or its CUB export read back with "
+                "traits.json and part masks)")
     if "masks" in needs:
         src = req.source or "object"
         if src in ("trait", "class") and batch.siblings is None:
@@ -272,14 +286,34 @@ def _unmet(req: _Request, batch: Batch) -> str | None:
             return "the dataset has neither masks nor boxes"
         if src == "box" and batch.boxes is None:
             return "the dataset has no boxes"
+        if src == "box" and per_class and batch.box_labels is None:
+            return "mask source 'box' on multi-label data needs the class of every box ('box_labels')"
+        if src == "object" and per_class and batch.present_masks is None:
+            return "multi-label data needs a mask per present class, or boxes with 'box_labels'"
     return None
 
 
+def _class_box_masks(batch: Batch) -> torch.Tensor:
+    """[B,K,H,W]: per present class the rasterised union of its boxes (multi-label, mask source 'box')."""
+    from traitlens.metrics._common import boxes_to_masks
+
+    B, K = batch.present.shape
+    out = torch.zeros(B, K, *batch.images01.shape[-2:], dtype=torch.bool)
+    for b in range(B):
+        for k, c in enumerate(batch.present[b].tolist()):
+            if c >= 0:
+                out[b, k] = boxes_to_masks([batch.boxes[b][batch.box_labels[b] == c]], out.shape[-2:])[0]
+    return out
+
+
 def _inputs(req: _Request, model: nn.Module, x: torch.Tensor, exp: Explanation, batch: Batch,
-            explainer: Explainer) -> MetricInputs:
-    masks, e = batch.masks, exp
+            explainer: Explainer, per_class: bool) -> MetricInputs:
+    masks, e, boxes = batch.masks, exp, batch.boxes
     src = req.source or "object"
-    if "masks" in req.info.needs:
+    if per_class:  # one mask per present class, aligned with the explained targets; boxes mix classes
+        masks = _class_box_masks(batch) if src == "box" else batch.present_masks
+        boxes = None
+    elif "masks" in req.info.needs:
         if src == "box":
             masks = None  # metrics rasterise the boxes themselves
         elif src == "class":
@@ -288,9 +322,81 @@ def _inputs(req: _Request, model: nn.Module, x: torch.Tensor, exp: Explanation, 
             masks = batch.disc_masks
             e = _expand(exp, masks.shape[1])
     # Metrics prefer masks over boxes when both are given; boxes still serve box-only options (best_box, WSOL).
-    return MetricInputs(model=model, images=x, exp=e, labels=batch.labels, masks=masks, boxes=batch.boxes,
+    return MetricInputs(model=model, images=x, exp=e, labels=batch.labels, masks=masks, boxes=boxes,
                         part_masks=batch.part_masks, explainer=explainer, indices=batch.indices,
                         siblings=batch.siblings, disc_masks=batch.disc_masks, class_masks=batch.class_masks)
+
+
+def _batch_targets(target: str, lsc: LscRule | None, model: nn.Module, x: torch.Tensor, batch: Batch,
+                   traits: TraitInfo | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The classes to explain ([B] or [B,K]; None lets the explainer take its top-1) and, when every present class
+    of multi-label images is a target, the [B,K] bool mask of padded slots."""
+    if target == "pred":
+        return None, None
+    if target == "lsc":
+        table = traits.class_traits if traits is not None else None
+        return lsc_targets(model, x, lsc, batch.labels, table), None
+    if batch.multi_label:
+        pad = batch.present < 0
+        # a padded slot repeats the image's first present class (explainers need valid ids); its score is dropped
+        filled = torch.where(pad, batch.present[:, :1].clamp_min(0), batch.present)
+        return filled.to(x.device), pad
+    return (batch.labels.to(x.device) if batch.labels is not None else None), None
+
+
+def _fill(t: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """`t` [B,K,...] with padded slots set to NaN (float), False (bool) or −1 (ids)."""
+    if t.dim() < 2 or t.shape[:2] != pad.shape:
+        return t
+    m = pad.view(*pad.shape, *([1] * (t.dim() - 2)))
+    if t.dtype == torch.bool:
+        return t & ~m
+    return t.masked_fill(m, math.nan if t.is_floating_point() else -1)
+
+
+def _mark_padding(r: MetricResult, pad: torch.Tensor | None) -> MetricResult:
+    """Padded target slots become NaN samples that aggregates skip; `extras['padded']` keeps them apart from
+    undefined samples. Outputs without one value per target (e.g. [B,1] summaries) are left as they are."""
+    if pad is None or r.values.shape != pad.shape:
+        return r
+    pad = pad.cpu()
+    extras = {k: _fill(v, pad) for k, v in r.extras.items()}
+    extras["padded"] = pad.clone()
+    return replace(r, values=_fill(r.values, pad), curves=None if r.curves is None else _fill(r.curves, pad),
+                   flagged=None if r.flagged is None else _fill(r.flagged, pad), extras=extras)
+
+
+def _widen(r: MetricResult, K: int) -> MetricResult:
+    """`r` with its target axis padded to K slots (batches of multi-label data differ in K)."""
+    B, k = r.values.shape
+    if k == K:
+        return r
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros((B, K - k, *t.shape[2:]))], 1)
+
+    pad = grow(r.extras.get("padded", torch.zeros(B, k, dtype=torch.bool)))
+    pad[:, k:] = True
+    wide = replace(r, values=grow(r.values), curves=None if r.curves is None else grow(r.curves),
+                   flagged=None if r.flagged is None else grow(r.flagged),
+                   extras={n: grow(v) for n, v in r.extras.items() if n != "padded"})
+    return _mark_padding(wide, pad)
+
+
+def _concat(results: Sequence[MetricResult]) -> MetricResult:
+    """`MetricResult.concat` that first pads every result to the widest target axis."""
+    K = max(r.values.shape[1] for r in results)
+    wide = [_widen(r, K) for r in results]
+    if any("padded" in r.extras for r in wide):
+        wide = [r if "padded" in r.extras else
+                replace(r, extras={**r.extras, "padded": torch.zeros(r.values.shape, dtype=torch.bool)})
+                for r in wide]
+    return MetricResult.concat(wide)
+
+
+def _n_padded(r: MetricResult) -> int:
+    pad = r.extras.get("padded")
+    return 0 if pad is None else int(pad.sum())
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -306,6 +412,7 @@ def evaluate(
     batch_size: int = 16,
     max_images: int | None = None,
     target: str = "label",
+    lsc: LscRule | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     explainers: Mapping[str, Explainer] | None = None,
@@ -319,7 +426,9 @@ def evaluate(
 
     Args:
         model: the classifier (eval mode); images are normalised with its own mean/std.
-        dataset: dict items with `image` [3,H,W] in [0,1] and `label` (+ `mask`, `box`, TraitShapes masks).
+        dataset: dict items with `image` [3,H,W] in [0,1] and `label` (+ `mask`, `box`, TraitShapes masks), or
+            multi-label items with a multi-hot `labels` [C] and a `mask` per present class (or `box` with
+            `box_labels`).
         methods: registry names (`traitlens.list_methods()`) and/or keys of `explainers`.
         metrics: registry names or output names (`traitlens.metrics.list_metrics()`), optionally "name@source"
             with source in object | box | trait | class. Derived: "insertion_minus_deletion" is added when both
@@ -327,7 +436,12 @@ def evaluate(
         out: folder for results.csv/.json/.md, per_image.csv, plots/ and cache/; None keeps everything in memory.
         batch_size: images per explanation call (metrics chunk their own perturbations).
         max_images: evaluate only the first N images.
-        target: which class to explain: "label" (GT-known, the default) or "pred" / "top1" (the prediction).
+        target: which class to explain: "label" (GT-known, the default; multi-label data: every present class),
+            "pred" / "top1" (the prediction) or "lsc" (the least similar class, metrics.md §6, scored and reported
+            separately: see `traitlens.evaluation.lsc` for how to read it).
+        lsc: with target="lsc", the rule: "min_logit" (default; the lowest logit), "traits" (TraitShapes: the
+            class differing from the true class in the most trait slots, ties → lowest index) or a mapping
+            {true_class: lsc_class}. "wordnet" is refused (its corpus cannot be downloaded).
         method_options: method → options for `explain` (e.g. {"rollout": {"discard_ratio": 0.9}}).
         metric_options: metric (or "metric@source") → knobs (e.g. {"deletion": {"steps": 16}}).
         explainers: extra named explainers `(model, images, target) -> Explanation` (peer-library adapters).
@@ -344,8 +458,10 @@ def evaluate(
         >>> print(res.to_markdown())  # doctest: +SKIP
     """
     target = "pred" if target == "top1" else target  # the CLI's word for the prediction
-    if target not in ("label", "pred"):
-        raise ValueError(f"target must be 'label' or 'pred' (alias 'top1'), got {target!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be 'label', 'pred' (alias 'top1') or 'lsc', got {target!r}")
+    if lsc is not None and target != "lsc":
+        raise ValueError(f"lsc={lsc!r} is only used with target='lsc' (got target={target!r})")
     method_options = dict(method_options or {})
     metric_options = dict(metric_options or {})
     explainers = dict(explainers or {})
@@ -355,6 +471,7 @@ def evaluate(
     lo, hi = rank * n_total // world, (rank + 1) * n_total // world
     device = _device_of(model)
     traits: TraitInfo | None = trait_info(dataset)
+    lsc_rule = check_lsc_rule(lsc, traits.class_traits if traits is not None else None) if target == "lsc" else None
     out_dir = Path(out) if out is not None else None
     fp = model_fingerprint(model) if out_dir is not None else ""
     res = EvalResults(out=out_dir)
@@ -372,6 +489,7 @@ def evaluate(
     seconds: dict[str, list[float]] = {m: [0.0, 0.0] for m in runners}  # [seconds, images]
     from tqdm.auto import tqdm
 
+    multi_label = False
     starts = list(range(lo, hi, batch_size))
     bar = tqdm(total=len(starts) * len(runners), desc="evaluate", unit="batch·method",
                disable=not progress or rank != 0)
@@ -381,13 +499,15 @@ def evaluate(
         x = normalize(model, batch.images01.to(device))
         # the cache key covers the batch content too, so a changed dataset never reuses stale maps
         data_key = _batch_key(batch)
-        tgt = batch.labels.to(device) if target == "label" and batch.labels is not None else None
+        tgt, padded = _batch_targets(target, lsc_rule, model, x, batch, traits)
+        multi_label = multi_label or batch.multi_label
         for name, runner in runners.items():
             if name in failed:
                 bar.update(1)
                 continue
             bar.set_postfix_str(name)
-            opts = {"options": method_options.get(name, {}), "target": target, "peer": name in explainers}
+            opts = {"options": method_options.get(name, {}), "target": target, "lsc": lsc_rule,
+                    "peer": name in explainers}
             mdir = out_dir / "cache" / fp / f"{name.replace(':', '_')}-{_hash(opts)}" if out_dir else None
             exp_path = mdir / f"{idx[0]:07d}-{idx[-1] + 1:07d}-{data_key}.safetensors" if mdir else None
             try:
@@ -410,7 +530,7 @@ def evaluate(
             seconds[name][0] += secs
             seconds[name][1] += len(idx)
             for req in requests:
-                why = _unmet(req, batch)
+                why = _unmet(req, batch, padded is not None)
                 if why is not None or (name, req.key) in failed_metrics:
                     if why is not None:
                         res.skipped[f"{name}/{req.key}"] = why
@@ -421,8 +541,8 @@ def evaluate(
                     if rpath is not None and resume and rpath.is_file():
                         outs = _load_results(rpath)
                     else:
-                        inputs = _inputs(req, model, x, exp, batch, runner)
-                        outs = req.info.compute(inputs, **req.knobs)
+                        inputs = _inputs(req, model, x, exp, batch, runner, padded is not None)
+                        outs = {k: _mark_padding(v, padded) for k, v in req.info.compute(inputs, **req.knobs).items()}
                         if rpath is not None:
                             _save_results(rpath, outs)
                 except Exception as err:
@@ -438,7 +558,7 @@ def evaluate(
             bar.update(1)
     bar.close()
 
-    merged = {k: MetricResult.concat(v) for k, v in local.items()}
+    merged = {k: _concat(v) for k, v in local.items()}
     indices = torch.arange(lo, hi)
     if world > 1:
         merged, indices, seconds, res.skipped = _gather(merged, indices, seconds, res.skipped)
@@ -451,10 +571,11 @@ def evaluate(
     res.rows = [_summary_row(m, k, r, n_boot, seed) for (m, k), r in res.results.items()]
     if (plots if plots is not None else out_dir is not None) and res.results:
         res.figures = _figures(res)
+    res.config = {"methods": list(runners), "metrics": list(metrics), "target": target, "lsc": lsc_rule,
+                  "multi_label": multi_label, "n_images": n_total, "model_fingerprint": fp,
+                  "method_options": method_options, "metric_options": metric_options}
     if out_dir is not None and rank == 0:
-        _write(res, out_dir, {"methods": list(runners), "metrics": list(metrics), "target": target,
-                              "n_images": n_total, "model_fingerprint": fp, "method_options": method_options,
-                              "metric_options": metric_options})
+        _write(res, out_dir, res.config)
     return res
 
 
@@ -470,7 +591,7 @@ def _gather(merged: dict[tuple[str, str], MetricResult], indices: torch.Tensor, 
     keys = list(dict.fromkeys(k for g in gathered for k in g["results"]))
     # a result missing on some rank (a method or metric failed there) cannot be aligned with the images: drop it
     complete = [k for k in keys if all(k in g["results"] or len(g["indices"]) == 0 for g in gathered)]
-    out = {k: MetricResult.concat([g["results"][k] for g in gathered if k in g["results"]]) for k in complete}
+    out = {k: _concat([g["results"][k] for g in gathered if k in g["results"]]) for k in complete}
     secs = {m: [sum(g["seconds"][m][0] for g in gathered), sum(g["seconds"][m][1] for g in gathered)]
             for m in seconds}
     skip: dict[str, str] = {}
@@ -490,7 +611,8 @@ def _derive(merged: dict[tuple[str, str], MetricResult], requests: Sequence[_Req
             merged[(method, "insertion_minus_deletion")] = MetricResult(
                 "insertion_minus_deletion", i.values - d.values, "higher",
                 {"spec": "metrics.md §1.1", "derived": "insertion − deletion", "deletion": d.knobs,
-                 "insertion": i.knobs})
+                 "insertion": i.knobs},
+                extras={k: v for k, v in i.extras.items() if k == "padded"})
 
 
 # ----------------------------------------------------------------------------- summary and bootstrap
@@ -532,7 +654,7 @@ def _summary_row(method: str, label: str, r: MetricResult, n_boot: int, seed: in
     except ValueError:
         category = "derived"
     return {"method": method, "metric": label, "category": category, "direction": r.direction, "value": r.value,
-            "ci_low": lo, "ci_high": hi, "n": r.n, "n_nan": r.n_nan,
+            "ci_low": lo, "ci_high": hi, "n": r.n, "n_nan": r.n_nan - _n_padded(r),
             "n_flagged": 0 if r.flagged is None else int(r.flagged.sum())}
 
 
@@ -599,8 +721,11 @@ def _write(res: EvalResults, out: Path, config: dict[str, Any]) -> None:
     per_image = []
     idx = res.indices.tolist() if res.indices is not None else []
     for (method, metric), r in res.results.items():
+        pad = r.extras.get("padded", torch.zeros(r.values.shape, dtype=torch.bool))
         for i, row in enumerate(r.values.tolist()):
             for k, v in enumerate(row):
+                if pad[i, k]:
+                    continue
                 per_image.append({"method": method, "metric": metric, "index": idx[i] if i < len(idx) else i,
                                   "slot": k, "value": v})
     _write_csv(out / "per_image.csv", ["method", "metric", "index", "slot", "value"], per_image)
@@ -609,14 +734,38 @@ def _write(res: EvalResults, out: Path, config: dict[str, Any]) -> None:
            "knobs": knobs}
     text = json.dumps(_clean(doc), indent=2, default=repr, allow_nan=False)
     atomic_write(out / "results.json", lambda p: p.write_text(text))
-    md = ["# traitlens evaluation", "", f"{config['n_images']} images, target = {config['target']}; "
-          "values are aggregates with 95 % bootstrap CIs over images; ↑ / ↓ = higher / lower is better.", "",
+    md = ["# traitlens evaluation", "", f"{config['n_images']} images, target = {_target_text(config)}; "
+          "values are aggregates with 95 % bootstrap CIs over images; ↑ / ↓ = higher / lower is better"
+          + (" for the class a map explains (see the reading below)." if config["target"] == "lsc" else "."), "",
           res.to_markdown(), ""]
+    if config["target"] == "lsc":
+        md += ["## Reading the least-similar-class (LSC) scores", "",
+               "Every map explains the image's least similar class (metrics.md §6, SCOUTER Table 1): "
+               f"{_LSC_TEXT.get(str(config['lsc']), 'the class given by the user mapping in results.json')}. "
+               "Report these numbers separately from the true-class ones. " + LSC_READING, ""]
     if res.skipped:
         md += ["## Skipped", "", *(f"- {k}: {v}" for k, v in sorted(res.skipped.items())), ""]
     atomic_write(out / "results.md", lambda p: p.write_text("\n".join(md), encoding="utf-8"))
     for name, png in res.figures.items():
         atomic_write(out / "plots" / f"{name}.png", lambda p, png=png: p.write_bytes(png))
+
+
+_LSC_TEXT = {
+    "min_logit": "the class with the lowest logit for the image (lsc = min_logit)",
+    "traits": "the class whose trait tuple differs from the true class in the most slots, ties to the lowest class "
+              "index (lsc = traits)",
+}
+
+
+def _target_text(config: Mapping[str, Any]) -> str:
+    """The target rule in words, for results.md."""
+    if config["target"] == "lsc":
+        rule = config["lsc"] if isinstance(config["lsc"], str) else "mapping"
+        return f"least similar class (lsc = {rule})"
+    if config["target"] == "label" and config.get("multi_label"):
+        return ("label, every present class of a multi-label image (pointing game: per-class accuracy, then the mean "
+                "over classes)")
+    return str(config["target"])
 
 
 def _clean(obj: Any) -> Any:

@@ -272,7 +272,8 @@ def leaderboard(
         A `Leaderboard`; every explanation targets the GT label.
     """
     if trait_info(dataset) is None:
-        raise ValueError("the leaderboard needs a TraitShapes dataset (one with a TraitShapesConfig as .config)")
+        raise ValueError("the leaderboard needs TraitShapes trait masks: an in-memory TraitShapes split or its CUB "
+                         "export read back with CUBDataset (traits.json)")
     cols = list(columns or COLUMNS)
     unknown = [c for c in cols if c not in COLUMNS]
     if unknown:

@@ -100,7 +100,7 @@ def trait_report(
     Returns:
         A `TraitReport`.
     """
-    from traitlens.data.traitshapes import PART_NAMES, SLOT_PARTS
+    from traitlens.data.traitshapes import PART_NAMES
 
     traits = trait_info(dataset)
     device = next(model.parameters()).device
@@ -135,7 +135,7 @@ def trait_report(
                                **{p: float(v) for p, v in zip(cols, mean, strict=True)}}
         row["top_part"] = cols[int(torch.nan_to_num(mean, nan=-1.0).argmax())]
         if traits is not None:
-            expected = sorted({SLOT_PARTS[traits.config.slots[slot]] for _, slot in traits.siblings.get(c, [])})
+            expected = sorted({traits.slot_parts[slot] for _, slot in traits.siblings.get(c, [])})
             row["expected"] = ", ".join(expected)
             row["hit"] = row["top_part"] in expected
         rows.append(row)

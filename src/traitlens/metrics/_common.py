@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "SSIM_SETTINGS",
     "average_ranks",
     "boxes_to_masks",
     "connected_components",
@@ -21,6 +22,7 @@ __all__ = [
     "logits_of",
     "map_normalisation",
     "minmax",
+    "minmax_ssim",
     "pearson",
     "perturbation_scores",
     "resolve_targets",
@@ -419,10 +421,13 @@ def masks_for(masks: torch.Tensor | None, boxes: Sequence[torch.Tensor] | None, 
 
 
 @torch.no_grad()
-def connected_components(binary: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of bool [..., H, W]: 0 background, else 1 + the smallest flat index of the
-    component. Batched union-find on the device (hooking roots to their smallest neighbour label, then full path
-    compression), so it needs no OpenCV / SciPy and converges in a few rounds even for long, snaking components."""
+def connected_components(binary: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
+    """8- (or 4-) connected component labels of bool [..., H, W]: 0 background, else 1 + the smallest flat index
+    of the component. Batched union-find on the device (hooking roots to their smallest neighbour label, then full
+    path compression), so it needs no OpenCV / SciPy and converges in a few rounds even for long, snaking
+    components. 4-connectivity labels the holes of 8-connected shapes (the digital-topology pairing OpenCV uses)."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
     *lead, H, W = binary.shape
     x = binary.reshape(-1, H * W)
     N, n = x.shape
@@ -440,7 +445,7 @@ def connected_components(binary: torch.Tensor) -> torch.Tensor:
 
     while True:
         lab = parent[:, :n].view(N, 1, H, W).float()
-        m = -F.max_pool2d(-lab, 3, 1, 1)  # smallest label among the 8 neighbours and itself (exact below 2^24)
+        m = _neighbourhood_min(lab, connectivity)  # exact below 2^24
         m = torch.where(x.view(N, 1, H, W), m, torch.full_like(m, big)).view(N, n).long()
         # hook: each pixel's root adopts the smallest label seen next to the pixel
         new = parent.scatter_reduce(1, parent[:, :n], m, reduce="amin", include_self=True)
@@ -450,6 +455,15 @@ def connected_components(binary: torch.Tensor) -> torch.Tensor:
         parent = new
     out = torch.where(x, parent[:, :n] + 1, torch.zeros_like(parent[:, :n]))
     return out.view(*lead, H, W)
+
+
+def _neighbourhood_min(lab: torch.Tensor, connectivity: int) -> torch.Tensor:
+    """Smallest value among each pixel and its 8 (3×3 square) or 4 (3×3 cross) neighbours of [N,1,H,W]."""
+    if connectivity == 8:
+        return -F.max_pool2d(-lab, 3, 1, 1)
+    vertical = -F.max_pool2d(-lab, (3, 1), 1, (1, 0))
+    horizontal = -F.max_pool2d(-lab, (1, 3), 1, (0, 1))
+    return torch.minimum(vertical, horizontal)
 
 
 # ----------------------------------------------------------------------------- correlations and SSIM
@@ -486,11 +500,22 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(average_ranks(a), average_ranks(b))
 
 
+SSIM_SETTINGS = "7x7 uniform window, sample covariance, K1 0.01, K2 0.03, data_range 1, min-max maps"
+"""The SSIM of metrics.md §6 (random logit) and §5 (MPRT), as recorded in the knobs."""
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01, k2: float = 0.03,
          data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM of [..., H, W] pairs with a `win`×`win` uniform window and sample covariance, averaged over the
-    valid (un-padded) region — skimage's `structural_similarity` defaults (metrics.md §6 random logit)."""
+    """Mean SSIM of [..., H, W] pairs with a `win`×`win` uniform window, averaged over the valid (un-padded) region.
+
+    This is skimage's `structural_similarity(a, b, win_size=win, data_range=data_range)` with its defaults
+    (`gaussian_weights=False`, `use_sample_covariance=True`: (co)variances carry the N/(N−1) factor, N = win²).
+    We follow that convention because Quantus' `ssim` (behind `RandomLogit`) calls skimage with its defaults;
+    Wang et al.'s original (Gaussian 11×11 weights, population covariance) is not what the §6 reference computes.
+    """
     *lead, H, W = a.shape
+    if min(H, W) < win:
+        raise ValueError(f"SSIM needs maps of at least {win}x{win}, got {H}x{W}; use pixel-level maps")
     x = a.reshape(-1, 1, H, W).double()
     y = b.reshape(-1, 1, H, W).double()
     kern = torch.full((1, 1, win, win), 1.0 / win**2, dtype=torch.float64, device=a.device)
@@ -507,3 +532,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, k1: float = 0.01, k2: f
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
     return s.mean((-2, -1)).view(*lead)
+
+
+def minmax_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of [..., H, W] map pairs after per-map min-max to [0,1] (`SSIM_SETTINGS`; a constant map becomes 0).
+
+    The one SSIM every map-similarity metric uses (random logit §6, MPRT §5), so they stay comparable."""
+    return ssim(minmax(a.double())[0], minmax(b.double())[0])

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 
 from traitlens.metrics._common import (
+    SSIM_SETTINGS,
     batch_indices,
     explanation_parts,
     image_generator,
     location_ranks,
-    minmax,
+    minmax_ssim,
     pearson,
     predict,
     spearman,
-    ssim,
 )
 from traitlens.metrics._registry import MetricResult, register_metric
 from traitlens.metrics.localisation import energy_share
@@ -104,10 +104,9 @@ def random_logit(
     other = torch.stack([torch.randint(0, C - 1, (1,), generator=image_generator(seed, i))[0] for i in ids])
     other = other + (other >= y).long()  # uniform over the C−1 classes ≠ y
     maps = _explain_maps(explainer, model, images, torch.stack([y, other], 1), level)
-    s, _ = minmax(maps)
-    return MetricResult("random_logit", ssim(s[:, 0], s[:, 1])[:, None], "lower",
+    return MetricResult("random_logit", minmax_ssim(maps[:, 0], maps[:, 1])[:, None], "lower",
                         {"spec": "metrics.md §6", "seed": seed, "target": target, "level": level,
-                         "ssim": "7x7 uniform, K1 0.01, K2 0.03, data_range 1, min-max maps"},
+                         "ssim": SSIM_SETTINGS},
                         extras={"other_class": other[:, None]})
 
 

@@ -648,16 +648,21 @@ def road(
 # ----------------------------------------------------------------------------- TAM agreement
 
 
+def _pooled_pairs(result: MetricResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (method score, TAM score) pair of the run, without the NaN ones (padded or undefined targets)."""
+    a, b = result.extras["scores"].flatten(), result.extras["tam"].flatten()
+    keep = ~(a.isnan() | b.isnan())
+    return a[keep], b[keep]
+
+
 @register_aggregator("pooled_pearson")
 def _pooled_pearson(result: MetricResult) -> float:
-    a, b = result.extras["scores"].flatten(), result.extras["tam"].flatten()
-    return float(pearson(a, b, dim=0))
+    return float(pearson(*_pooled_pairs(result), dim=0))
 
 
 @register_aggregator("pooled_spearman")
 def _pooled_spearman(result: MetricResult) -> float:
-    a, b = result.extras["scores"].flatten(), result.extras["tam"].flatten()
-    return float(spearman(a, b))
+    return float(spearman(*_pooled_pairs(result)))
 
 
 @register_metric("tam_agreement", category="faithfulness", direction="higher", needs=["model"],

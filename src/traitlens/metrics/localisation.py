@@ -31,6 +31,7 @@ __all__ = [
     "area_size",
     "component_boxes",
     "energy_pointing_game",
+    "hole_boxes",
     "mask_overlap",
     "pointing_game",
     "pxap",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 _EPS_AGCAM = 1e-5
+CONTOUR_MODES = ("outer", "tree")
 
 
 def _nan_where(values: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -218,6 +220,22 @@ def component_boxes(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq // (H * W + 1), boxes
 
 
+def hole_boxes(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounding rectangles of the hole contours OpenCV's `findContours(RETR_TREE)` reports for bool [N,H,W].
+
+    OpenCV traces 8-connected foreground, so a hole is a 4-connected background component that does not touch the
+    image edge (Suzuki & Abe 1985). Its contour runs through the foreground pixels 4-adjacent to it, and every
+    pixel 4-adjacent to a hole is foreground, so the rectangle is the hole's bounding box grown by one pixel per side.
+
+    Returns (owner [R] image index, boxes [R,4] long: xmin, ymin, xmax, ymax (inclusive)).
+    """
+    H, W = binary.shape[-2:]
+    owner, boxes = component_boxes(connected_components(~binary, connectivity=4))
+    enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < W - 1) & (boxes[:, 3] < H - 1)
+    grow = torch.tensor([-1, -1, 1, 1], dtype=boxes.dtype, device=boxes.device)
+    return owner[enclosed], boxes[enclosed, :4] + grow
+
+
 def _rects_union(owner: torch.Tensor, boxes: torch.Tensor, N: int, H: int, W: int) -> torch.Tensor:
     """Union of the AGCAM reference rectangles [y : y+h+1, x : x+w+1] (1 px larger), per image → [N,H,W]."""
     if owner.numel() == 0:
@@ -366,10 +384,12 @@ def _box_iou_inclusive(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a + area_b - inter)
 
 
-def _wsol_ious(s: torch.Tensor, gt: torch.Tensor, thresholds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best IoU over all components and IoU of the largest component, per threshold, for one map.
+def _wsol_ious(s: torch.Tensor, gt: torch.Tensor, thresholds: np.ndarray,
+               contours: str = "outer") -> tuple[torch.Tensor, torch.Tensor]:
+    """Best IoU over all candidate boxes and IoU of the largest component, per threshold, for one map.
 
-    s: [H,W] in [0,1]; gt: [n,4] integer boxes. Components are labelled once per distinct threshold level.
+    s: [H,W] in [0,1]; gt: [n,4] integer boxes. Candidates are the components' boxes, plus the hole contours' boxes
+    with `contours='tree'`. Components (and holes) are labelled once per distinct threshold level, never per τ.
     """
     H, W = s.shape
     u = (s.double().cpu().numpy() * 255).astype(np.uint8)  # reference: (scoremap * 255).astype(np.uint8)
@@ -377,18 +397,23 @@ def _wsol_ious(s: torch.Tensor, gt: torch.Tensor, thresholds: np.ndarray) -> tup
     uniq, inv = np.unique(levels, return_inverse=True)
     binary = torch.from_numpy(u)[None] > torch.from_numpy(uniq.astype(np.int64)).view(-1, 1, 1)
     owner, boxes = component_boxes(connected_components(binary))
+    rect_owner, rects = owner, boxes[:, :4]
+    if contours == "tree":
+        hole_owner, holes = hole_boxes(binary)
+        rect_owner, rects = torch.cat([owner, hole_owner]), torch.cat([rects, holes])
     T = len(uniq)
     # reference box: [x, y, x+w, y+h] clamped to (W−1, H−1), i.e. (xmax+1, ymax+1) clamped
-    est = torch.stack([boxes[:, 0], boxes[:, 1], (boxes[:, 2] + 1).clamp(max=W - 1),
-                       (boxes[:, 3] + 1).clamp(max=H - 1)], 1).double()
+    est = torch.stack([rects[:, 0], rects[:, 1], (rects[:, 2] + 1).clamp(max=W - 1),
+                       (rects[:, 3] + 1).clamp(max=H - 1)], 1).double()
     gtd = gt.double().view(-1, 4)
     zero_box = torch.zeros(1, 4, dtype=torch.float64)
     no_comp_iou = _box_iou_inclusive(zero_box[:, None], gtd[None]).max(-1).values.squeeze(0)
     best_all = torch.full((T,), float(no_comp_iou), dtype=torch.float64)
     best_large = best_all.clone()
-    if owner.numel():
-        ious = _box_iou_inclusive(est[:, None], gtd[None]).max(-1).values  # [R]
-        best_all = best_all.scatter_reduce(0, owner, ious, reduce="amax", include_self=False)
+    if owner.numel():  # holes exist only inside components
+        rect_ious = _box_iou_inclusive(est[:, None], gtd[None]).max(-1).values  # [R] components first, then holes
+        best_all = best_all.scatter_reduce(0, rect_owner, rect_ious, reduce="amax", include_self=False)
+        ious = rect_ious[:len(owner)]
         # largest component by pixel count; ties go to the first component in label order
         counts = boxes[:, 4].double()
         max_count = torch.zeros(T, dtype=torch.float64).scatter_reduce(0, owner, counts, "amax", include_self=False)
@@ -423,7 +448,7 @@ def _agg_maxboxacc(result: MetricResult) -> float:
 @register_metric("wsol", category="localisation", needs=["boxes"],
                  outputs={"maxboxacc_v2": "higher", "maxboxacc": "higher", "gt_known_loc": "higher",
                           "top1_loc": "higher"},
-                 cost="no forwards (Top-1 Loc: 1 forward); ≤ 256 component labellings per map",
+                 cost="no forwards (Top-1 Loc: 1 forward); ≤ 256 component labellings per map (×2 for 'tree')",
                  spec="metrics.md §3.4", summary="WSOL box accuracy: MaxBoxAccV2, MaxBoxAcc, GT-known and Top-1 Loc")
 def wsol(
     exp: Any,
@@ -435,6 +460,7 @@ def wsol(
     cam_curve_interval: float = 0.01,
     tau_fix: float = 0.2,
     iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+    contours: str = "outer",
     level: str = "pixel",
     batch_size: int = 64,
 ) -> dict[str, MetricResult]:
@@ -447,7 +473,15 @@ def wsol(
     = max_τ BoxAcc(τ, 0.5) with the largest component (by pixel count; the reference's contour area can differ
     for thin components); GT-known Loc = BoxAcc(τ_fix, 0.5); Top-1 Loc additionally needs a correct top-1.
     τ grid = arange(0, 1, cam_curve_interval) (0.01: the evaluation command line).
+
+    `contours` sets MaxBoxAccV2's candidate boxes: 'outer' (default) = the box of every 8-connected component,
+    islands inside holes included (OpenCV's RETR_TREE outer contours; not RETR_EXTERNAL, which drops islands);
+    'tree' adds the boxes of the hole contours, as the reference's `findContours(RETR_TREE)` does. The largest
+    component (MaxBoxAcc, GT-known, Top-1) does not depend on it: a hole's contour never encloses more area
+    than the outer contour of the component around it.
     """
+    if contours not in CONTOUR_MODES:
+        raise ValueError(f"unknown contours '{contours}'; choose from {CONTOUR_MODES}")
     maps, _ = explanation_parts(exp, level)
     B, K = maps.shape[:2]
     s, _ = minmax(maps.double())
@@ -460,12 +494,13 @@ def wsol(
         if gt.shape[0] == 0:
             continue
         for k in range(K):
-            iou_all[b, k], iou_large[b, k] = _wsol_ious(s[b, k], gt, thresholds)
+            iou_all[b, k], iou_large[b, k] = _wsol_ious(s[b, k], gt, thresholds, contours)
     valid = ~torch.isnan(iou_all[..., 0])
     fix = int(np.argmin(np.abs(thresholds - tau_fix)))
     gt_known = _nan_where((iou_large[..., fix] >= 0.5).double() * 100, ~valid)
     knobs = {"spec": "metrics.md §3.4", "cam_curve_interval": cam_curve_interval, "tau_fix": tau_fix,
-             "iou_thresholds": list(iou_thresholds), "level": level, "largest": "pixel count"}
+             "iou_thresholds": list(iou_thresholds), "level": level, "largest": "pixel count",
+             "contours": contours}
     extras = {"iou_all": iou_all, "iou_largest": iou_large}
     per_v2 = torch.stack([(iou_all >= d).double().amax(-1) for d in iou_thresholds]).mean(0) * 100
     out = {

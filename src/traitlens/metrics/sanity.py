@@ -2,8 +2,8 @@
 
 The model is deep-copied and randomised top-down (cascading) or one layer at a time (independent); after each
 step the same images are explained with the targets fixed to the original model's, and the maps are compared
-with Spearman rank correlation (of |maps| and of the signed maps). Similarity should fall toward 0 as more of
-the model is randomised. The user's model is never touched.
+with Spearman rank correlation (of |maps| and of the signed maps; SSIM optionally). Similarity should fall toward
+0 as more of the model is randomised. The user's model is never touched.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from traitlens.metrics._common import explanation_parts, spearman
+from traitlens.metrics._common import SSIM_SETTINGS, explanation_parts, minmax_ssim, spearman
 from traitlens.metrics._registry import MetricResult, register_metric
 
 __all__ = ["mprt", "mprt_layers", "randomize_parameters"]
@@ -24,6 +24,8 @@ __all__ = ["mprt", "mprt_layers", "randomize_parameters"]
 log = logging.getLogger(__name__)
 
 Layer = tuple[str, list[str]]
+
+SIMILARITIES = ("spearman", "ssim")
 
 
 def mprt_layers(model: nn.Module) -> list[Layer]:
@@ -102,10 +104,17 @@ def _maps_of(out: Any, level: str) -> torch.Tensor:
     return explanation_parts(out, level)[0]
 
 
+def _similarity(a: torch.Tensor, b: torch.Tensor, similarity: str) -> torch.Tensor:
+    """Per-map similarity [B,K] of [B,K,H,W] maps: Spearman over pixels, or SSIM of the min-maxed maps (§6's)."""
+    if similarity == "ssim":
+        return minmax_ssim(a, b)
+    return spearman(a.flatten(2), b.flatten(2))
+
+
 @register_metric("mprt", category="sanity", needs=["model", "explainer"],
                  outputs={"mprt": "lower", "mprt_signed": "lower"},
                  cost="(#steps + 1) explanation calls per image, one model copy", spec="metrics.md §5",
-                 summary="Spearman similarity of maps before/after cascading parameter randomisation")
+                 summary="Spearman (or SSIM) similarity of maps before/after cascading parameter randomisation")
 def mprt(
     model: nn.Module,
     images: torch.Tensor,
@@ -117,10 +126,11 @@ def mprt(
     reinit: str = "trunc_normal",
     seed: int = 42,
     level: str = "pixel",
+    similarity: str = "spearman",
 ) -> dict[str, MetricResult]:
     """Model-parameter randomisation test (metrics.md §5). ↓ (similarity should drop toward 0).
 
-    Returns two outputs: 'mprt' (Spearman of |maps|, the default) and 'mprt_signed' (Spearman of the signed maps).
+    Returns two outputs: 'mprt' (similarity of |maps|, the default) and 'mprt_signed' (of the signed maps).
     Each value is the mean over the cascade of the per-step similarity; `curves` [B,K,steps] hold the full curve
     and `knobs['steps']` the step names.
 
@@ -129,9 +139,13 @@ def mprt(
         mode: 'cascading' (top-down, the default) or 'independent' (one layer at a time on a fresh copy).
         layers: the order as (name, [qualified names]); default `mprt_layers(model)`.
         reinit: 'trunc_normal' (seed 42) or 'module'.
+        similarity: 'spearman' (rank correlation over pixels, Adebayo's default) or 'ssim' (the random-logit SSIM
+            of §6 on min-max-normalised maps; the maps must be at least 7×7).
     """
     if mode not in ("cascading", "independent"):
         raise ValueError(f"unknown mode '{mode}'; choose 'cascading' or 'independent'")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity '{similarity}'; choose from {SIMILARITIES}")
     steps = list(layers) if layers is not None else mprt_layers(model)
     base = _maps_of(exp, level).detach().double().cpu()
     targets = exp.targets if not isinstance(exp, torch.Tensor) else None
@@ -148,11 +162,12 @@ def mprt(
         if n == 0:
             log.warning("MPRT step '%s' matched no parameters", name)
         maps = _maps_of(explainer(work, images, targets), level).detach().double().cpu()
-        sims_abs.append(spearman(base.abs().flatten(2), maps.abs().flatten(2)))
-        sims_signed.append(spearman(base.flatten(2), maps.flatten(2)))
+        sims_abs.append(_similarity(base.abs(), maps.abs(), similarity))
+        sims_signed.append(_similarity(base, maps, similarity))
     del work
     knobs = {"spec": "metrics.md §5", "mode": mode, "reinit": reinit, "seed": seed, "level": level,
-             "steps": [n for n, _ in steps], "similarity": "spearman"}
+             "steps": [n for n, _ in steps], "similarity": similarity,
+             **({"ssim": SSIM_SETTINGS} if similarity == "ssim" else {})}
     curve_abs = torch.stack(sims_abs, -1)
     curve_signed = torch.stack(sims_signed, -1)
     x = torch.arange(1, len(steps) + 1, dtype=torch.float64)
