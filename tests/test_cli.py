@@ -100,3 +100,17 @@ def test_data_traitshapes_exports_cub_layout(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "ts" / "images.txt").read_text().splitlines()
     assert len(lines) == 12
+
+
+def test_evaluate_with_least_similar_class_targets(tmp_path, micro_model) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--methods",
+                                 "rollout,cdam", "--metrics", "energy_pointing_game@class", "--target", "lsc",
+                                 "--lsc", "traits", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "results.md").read_text()
+    assert "lsc" in md and "traits" in md
+    assert "rollout" in result.output and "cdam" in result.output
+    bad = runner.invoke(app, ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--target", "lsc",
+                              "--lsc", "wordnet", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "wordnet" in (bad.output + str(bad.exception)).lower()
