@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TargetSpec", "target_scores"]
+__all__ = ["TargetSpec", "score_space", "target_scores"]
 
 TARGET_SPACES = ("logit", "prob", "log_prob")
 
@@ -127,17 +127,23 @@ class TargetSpec:
         return [[self.class_names[int(t)] for t in row] for row in targets.tolist()]
 
 
+def score_space(logits: torch.Tensor, space: str = "logit", option: str = "target_space") -> torch.Tensor:
+    """Logits mapped to the score space every method and metric shares: 'logit', 'prob' (softmax), 'log_prob'.
+
+    `option` names the caller's argument in the error message.
+    """
+    if space == "logit":
+        return logits
+    if space == "prob":
+        return logits.softmax(-1)
+    if space == "log_prob":
+        return logits.log_softmax(-1)
+    raise ValueError(f"unknown {option} '{space}'; choose from {TARGET_SPACES}")
+
+
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, space: str = "logit") -> torch.Tensor:
     """Scores y [B,K] of `targets` in `space` ('logit' default, 'prob' softmax, 'log_prob')."""
-    if space == "logit":
-        out = logits
-    elif space == "prob":
-        out = logits.softmax(-1)
-    elif space == "log_prob":
-        out = logits.log_softmax(-1)
-    else:
-        raise ValueError(f"unknown target_space '{space}'; choose from {TARGET_SPACES}")
-    return out.gather(-1, targets)
+    return score_space(logits, space).gather(-1, targets)
 
 
 def _is_concept(spec: Any) -> bool:

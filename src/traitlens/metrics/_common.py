@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from traitlens.explain._targets import score_space
+
 __all__ = [
     "SSIM_SETTINGS",
     "average_ranks",
@@ -370,13 +372,8 @@ def perturbation_scores(
 
 
 def _space(logits: torch.Tensor, score: str) -> torch.Tensor:
-    if score == "prob":
-        return logits.softmax(-1)
-    if score == "log_prob":
-        return logits.log_softmax(-1)
-    if score == "logit":
-        return logits
-    raise ValueError(f"unknown score '{score}'; choose from {SCORE_SPACES}")
+    """The metrics' `score=` option: the same score spaces as the explainers' `target_space`."""
+    return score_space(logits, score, option="score")
 
 
 def trapezoid_auc(curves: torch.Tensor) -> torch.Tensor:
