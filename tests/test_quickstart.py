@@ -25,6 +25,10 @@ def test_quickstart_writes_a_complete_report(tmp_path) -> None:
                     "Interpretable-by-design models", "colour-histogram baseline"):
         assert section in html
     assert html.count("data:image/png;base64,") >= 6
+    for kind in ("promptcam", "intr", "scouter"):  # the models' own maps are leaderboard rows
+        assert f"{kind}:native" in html
+    assert "Where the time went" in html and res.phase_seconds["train ViT"] > 0
+    assert sum(res.phase_seconds.values()) <= res.total_seconds + 1e-6
     model = load_model(res.model_dir)
     assert model.class_names and len(model.class_names) == 8
 
