@@ -188,7 +188,7 @@ def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch
 def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_dir: Path, train, val, test,
                            images01: torch.Tensor, labels: list[str], out: Path,
                            ) -> tuple[dict[str, float], dict[str, torch.nn.Module]]:
-    """Train Prompt-CAM / INTR / SCOUTER briefly on the frozen quickstart ViT and show their own maps.
+    """Train Prompt-CAM / INTR / SCOUTER briefly on the quickstart ViT and show their own maps.
 
     Returns (test accuracy, trained model) per kind.
     """
@@ -196,7 +196,7 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
         return {}, {}
     subset = _Subset(train, cfg.interpretable_train)
     rows, accuracy, nets = [], {}, {}
-    # Measured on 2 CPU cores: a training step of these frozen-backbone models (batch 64, 64 px) takes 0.08-0.22 s on
+    # Measured on 2 CPU cores: a training step of these backbone-based models (batch 64, 64 px) takes 0.08-0.22 s on
     # one thread but 1.3-3.5 s on two (an intra-op threading pathology not yet diagnosed), so train them on one.
     threads = torch.get_num_threads()
     if not torch.cuda.is_available():
@@ -207,8 +207,9 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
     finally:
         torch.set_num_threads(threads)
     report.table(["model", "test accuracy", "train time"], rows)
-    report.paragraph(f"Each trained {cfg.interpretable_epochs} epochs on {len(subset)} images with the backbone "
-                     "frozen (the 'quick' recipe); longer training raises their accuracy.", note=True)
+    report.paragraph(f"Each trained {cfg.interpretable_epochs} epochs on {len(subset)} images with its 'quick' "
+                     "recipe: Prompt-CAM keeps the ViT frozen, INTR fine-tunes it at a lower learning rate and "
+                     "SCOUTER its last blocks. Longer training raises their accuracy.", note=True)
     return accuracy, nets
 
 
@@ -217,7 +218,7 @@ def _train_interpretable(report: HtmlReport, cfg: QuickstartConfig, backbone_dir
                          nets: dict) -> None:
     from traitlens.models import build_interpretable, recommended_fit_config
 
-    report.heading("Interpretable-by-design models on the frozen ViT")
+    report.heading("Interpretable-by-design models on the quickstart ViT")
     for kind in cfg.interpretable:
         t0 = time.perf_counter()
         net = build_interpretable(kind, backbone_dir, cfg.num_classes, class_names=subset.classes,
