@@ -27,7 +27,9 @@ __all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_q
 QUICK_MODEL_OPTIONS: dict[str, dict] = {
     "promptcam": {},
     "intr": {"hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256},
-    "scouter": {},
+    # The reference renormalisation collapsed SCOUTER training at random on TraitShapes (benchmarks/models_evidence.py:
+    # row sums near 0 give scores up to ~7e3 and saturated attention); |D| in the sums trained every λ cleanly.
+    "scouter": {"renorm": "abs"},
 }
 
 log = logging.getLogger(__name__)
