@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from traitlens.backbones import create_preset, normalize
@@ -254,6 +253,8 @@ class _Subset(torch.utils.data.Dataset):
 
 
 def _curves(history: list[dict[str, float]]) -> bytes:
+    import matplotlib.pyplot as plt  # here, not at module level: the CLI imports this module on every command
+
     fig, ax = plt.subplots(1, 2, figsize=(8, 2.8))
     epochs = [h["epoch"] for h in history]
     ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")

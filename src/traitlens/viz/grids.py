@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -14,11 +14,16 @@ from traitlens._io import atomic_write
 from traitlens.explain._explanation import Explanation
 from traitlens.viz.overlay import colorize, overlay, to_uint8_image
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["figure_png", "head_grid", "method_grid"]
 
 
-def figure_png(fig: plt.Figure, path: str | Path | None = None, dpi: int = 110) -> bytes:
+def figure_png(fig: Figure, path: str | Path | None = None, dpi: int = 110) -> bytes:
     """Render a figure to PNG bytes (and to `path` when given), then close it."""
+    import matplotlib.pyplot as plt  # imported where figures are drawn, so importing traitlens stays light
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -40,6 +45,8 @@ def method_grid(
         target_index: which of the K targets to show.
         row_labels: a caption per image row (e.g. the true class).
     """
+    import matplotlib.pyplot as plt
+
     names = list(explanations)
     B = images.shape[0]
     fig, axes = plt.subplots(B, len(names) + 1, figsize=(1.7 * (len(names) + 1), 1.8 * B), squeeze=False)
@@ -64,6 +71,8 @@ def head_grid(head_maps: torch.Tensor | np.ndarray, signed: bool = False, titles
     """One panel per head from [R,h,w] maps; returns PNG bytes."""
     maps = head_maps.detach().cpu().numpy() if isinstance(head_maps, torch.Tensor) else np.asarray(head_maps)
     R = maps.shape[0]
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, R, figsize=(1.6 * R, 1.8), squeeze=False)
     for r in range(R):
         axes[0, r].imshow(colorize(maps[r], signed), interpolation="nearest")
