@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults reach ≥ 85 % test accuracy in a few CPU minutes.
 
-    Measured on 2 idle cores: 20k images × 7 epochs reach 86–89 % test accuracy (runs with the same seed differ
+    Measured on 2 idle cores: 20k images × 7 epochs reach 84–89 % test accuracy (runs with the same seed differ
     by thread scheduling) in ~210 s of training; 12k × 12 took ~25 s more for 87–90 %. lr 2e-3 (3e-3 fails: 64 %)
     also gives a backbone the interpretable models learn from far better than one trained at 1e-3 (INTR 66 % vs
     16 % on the same budget), at equal ViT accuracy.
