@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from traitlens.backbones import load_model
 from traitlens.data.traitshapes import colour_histogram_baseline
@@ -14,12 +15,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_quickstart_writes_a_complete_report(tmp_path) -> None:
+    threads = torch.get_num_threads()
     res = run_quickstart(QuickstartConfig(out=tmp_path / "qs", n_train=512, n_val=128, n_test=128, epochs=1,
                                           n_explain=2, interpretable_train=128, interpretable_epochs=1,
                                           leaderboard_images=8, num_workers=0, progress=False))
     assert res.skipped_methods == {}
     assert set(res.methods) == {m.name for m in list_methods(family="vit")}
     assert set(res.interpretable_accuracy) == {"promptcam", "intr", "scouter"}
+    assert torch.get_num_threads() == threads  # the models train one thread each, side by side; then it is restored
+    for kind in ("promptcam", "intr", "scouter"):
+        assert (tmp_path / "qs" / kind / "best").is_dir()
     html = res.report.read_text()
     for section in ("Model and data", "Explanations of the predicted class", "Leaderboard against the known traits",
                     "Interpretable-by-design models", "colour-histogram baseline"):

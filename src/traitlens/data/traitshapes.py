@@ -103,22 +103,34 @@ _DISTRACTOR_P = (0.4, 0.2, 0.2, 0.2)
 
 # Critter geometry in body units: body half-length 1, facing +x, y pointing down.
 _BODY = (0.0, 0.0, 1.0, 0.62)  # ellipse cx, cy, a, b
-_WING = (-0.12, -0.06, 0.68, 0.42)
+_WING = (-0.12, -0.06, 0.78, 0.48)  # large enough to show 5-7 dots or 4 stripes at 64 px
 _HEAD = (0.98, -0.5, 0.48)  # circle cx, cy, r
 _BEAK = ((1.3, -0.68), (1.3, -0.3), (1.85, -0.48))
-# The three tails have the same visible area (~1.0 unit², like the head), so tail shape cannot
-# be read from colour histograms: only the outline tells fan, fork and point apart.
+# The three tails have about the same visible area (1.7-1.9 unit², near the body's 1.9), so tail shape cannot be read
+# from colour histograms: only the outline tells fan, fork and point apart. They are 1.3× the first design (scaled
+# about the root; datasets.md's calibration also used "a tail 1.3× larger"): at 1× the tiny ViT still confused fork
+# and point at the end of the quickstart's budget.
 _TAIL_ROOT = (-0.75, 0.0)
-_TAIL_FAN = (1.15, math.radians(45))  # radius, half opening angle, pointing -x
-_TAIL_FORK = ((-0.75, 0.0), (-2.1, -1.05), (-2.1, 1.05))
-_TAIL_NOTCH = ((-1.25, 0.0), (-2.4, -0.6), (-2.4, 0.6))  # deep, so the two prongs read at 64 px
-_TAIL_POINT = ((-0.6, -0.76), (-0.6, 0.76), (-2.3, 0.0))
+_TAIL_SCALE = 1.3
+
+
+def _scaled_tail(points: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    return tuple((_TAIL_ROOT[0] + (x - _TAIL_ROOT[0]) * _TAIL_SCALE, y * _TAIL_SCALE) for x, y in points)
+
+
+_TAIL_FAN = (1.15 * _TAIL_SCALE, math.radians(45))  # radius, half opening angle, pointing -x
+_TAIL_FORK = _scaled_tail(((-0.75, 0.0), (-2.1, -1.05), (-2.1, 1.05)))
+_TAIL_NOTCH = _scaled_tail(((-1.25, 0.0), (-2.4, -0.6), (-2.4, 0.6)))  # deep, so the two prongs read at 64 px
+_TAIL_POINT = _scaled_tail(((-0.6, -0.76), (-0.6, 0.76), (-2.3, 0.0)))
 _CREST_SPIKES = (  # two wide, tall spikes rooted inside the head (the head covers their bases)
     ((0.5, -0.62), (1.02, -0.88), (0.42, -1.72)),
     ((0.9, -0.88), (1.44, -0.62), (1.32, -1.72)),
 )
-_PATTERN_PERIOD = 0.42  # wing stripe period / dot spacing in body units
-_DOT_RADIUS = 0.16  # dots cover ~46% of the wing, close to the stripes' 50%
+_PATTERN_PERIOD = 0.42  # wing stripe period in body units
+# Dots sit on a wider lattice with ~2 px gaps at 64 px: dots that nearly touch (46% cover) rendered as a dark
+# grid that the tiny ViT mistook for stripes or plain (a third of the quickstart's errors).
+_DOT_PERIOD = 0.5
+_DOT_RADIUS = 0.15  # ~28% cover
 _TEXTURE_GRID = 5
 _MAX_OVERSAMPLE = 4
 _MAX_DISTRACTORS = 16
@@ -442,8 +454,9 @@ def _pattern(u: np.ndarray, v: np.ndarray, kind: str, angle: float, phase: np.nd
     a = (c * u + s * v) / _PATTERN_PERIOD + phase[0]
     if kind == "stripes":
         return (a % 1.0) < 0.5
-    b = (-s * u + c * v) / _PATTERN_PERIOD + phase[1]
-    return ((a % 1.0) - 0.5) ** 2 + ((b % 1.0) - 0.5) ** 2 <= (_DOT_RADIUS / _PATTERN_PERIOD) ** 2
+    a = (c * u + s * v) / _DOT_PERIOD + phase[0]
+    b = (-s * u + c * v) / _DOT_PERIOD + phase[1]
+    return ((a % 1.0) - 0.5) ** 2 + ((b % 1.0) - 0.5) ** 2 <= (_DOT_RADIUS / _DOT_PERIOD) ** 2
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -43,7 +43,7 @@ _REFERENCE: dict[str, FitConfig] = {
 
 _QUICK: dict[str, FitConfig] = {
     # Tiny TraitShapes backbones on 2 CPU cores (64 px, "traitlens-vit-tiny"); see the evidence run.
-    "promptcam": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-2, weight_decay=0.0,
+    "promptcam": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=3e-2, weight_decay=0.0,
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
     "intr": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=1e-6,
                       schedule="onecycle", batch_size=64, label_smoothing=0.0, grad_clip=0.1, seed=0,
