@@ -248,8 +248,9 @@ def tasks_for(args: argparse.Namespace) -> list[Task]:
     tasks = [Task("finetune", "finetune"), Task("intr", "intr")]
     extra = {} if args.scouter_renorm == "reference" else {"renorm": args.scouter_renorm}
     tasks += [Task(f"scouter_lambda{lam:g}", "scouter", {"lambda_area": lam, **extra}) for lam in args.lambdas]
-    tasks += [Task("promptcam" if v == "deep" else f"promptcam_{v}", "promptcam", {} if v == "deep" else {"variant": v})
-              for v in args.promptcam_variants]
+    agnostic = {"n_agnostic_prompts": args.promptcam_agnostic} if args.promptcam_agnostic else {}
+    tasks += [Task("promptcam" if v == "deep" else f"promptcam_{v}", "promptcam",
+                   agnostic if v == "deep" else {"variant": v, **agnostic}) for v in args.promptcam_variants]
     tasks += [Task("linear", "linear")]
     if args.only:
         tasks = [t for t in tasks if t.kind in args.only or t.name in args.only]
@@ -267,6 +268,8 @@ def _fit_config(task: Task, args: argparse.Namespace):
     overrides: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed}
     if task.kind == "scouter":
         overrides.update({k: v for k, v in (("epochs", args.scouter_epochs), ("lr", args.scouter_lr)) if v})
+    if task.kind == "promptcam" and args.promptcam_epochs:
+        overrides["epochs"] = args.promptcam_epochs
     return recommended_fit_config(task.kind, "quick", **overrides)
 
 
@@ -511,6 +514,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="train only these kinds or task names, comma-separated (e.g. scouter)")
     p.add_argument("--promptcam-variants", type=lambda s: s.split(","), default=["deep"],
                    help="Prompt-CAM variants to train, comma-separated: deep (the method) and/or shallow")
+    p.add_argument("--promptcam-epochs", type=int, default=0,
+                   help="epochs of the Prompt-CAM runs (0 = --epochs); its few prompt parameters learn slowly")
+    p.add_argument("--promptcam-agnostic", type=int, default=0,
+                   help="class-agnostic prompts per block (0 = C, the paper's count); more adapt the frozen ViT more")
     p.add_argument("--baseline-epochs", type=int, default=8)
     p.add_argument("--linear-lr", type=float, default=2e-3)
     p.add_argument("--finetune-lr", type=float, default=2e-3)
