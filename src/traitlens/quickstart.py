@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults reach ≥ 85 % test accuracy in a few CPU minutes.
 
-    Measured on 2 idle cores with the current TraitShapes geometry: 20k images × 7 epochs reach 88.7-91.3 % test
-    accuracy in ~210 s of training (runs with the same seed differ by thread scheduling); 18k × 7 fell to 83 %, so
-    the budget has little slack. lr 2e-3 (3e-3 reaches 64-69 %, 1.5e-3 79 %) also gives a backbone the interpretable
-    models learn from far better than one trained at 1e-3 (INTR 66 % vs 16 % on the same budget).
+    Measured on 2 idle cores with the current TraitShapes geometry (runs with the same seed differ by thread
+    scheduling): 22k images × 7 epochs reached 88.8 and 89.1 % test accuracy in 228-233 s of training (281 s for the
+    whole run); 20k × 7 reached 86.3-91.3 %, and 18k × 7 fell to 83 %, so the budget has little slack. lr 2e-3
+    (3e-3 reached 64-69 %, 1.5e-3 79 %) also gives a backbone the interpretable models learn from far better than
+    one trained at 1e-3 (INTR 66 % vs 16 % on the same budget).
     """
 
     out: Path = Path("traitlens-quickstart")
@@ -232,7 +233,9 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
                  [[kind, acc, f"{sec:.0f} s"] for kind, (acc, sec) in results.items()])
     report.paragraph(f"Each trained {cfg.interpretable_epochs} epochs on {len(subset)} images with its 'quick' "
                      "recipe: Prompt-CAM keeps the ViT frozen, INTR fine-tunes it at a lower learning rate and "
-                     "SCOUTER its last blocks. Longer training raises their accuracy.", note=True)
+                     "SCOUTER its last blocks. Longer training raises their accuracy. In so short a run SCOUTER's "
+                     "sigmoid attention can saturate (every slot attends everywhere, accuracy near chance); "
+                     "benchmarks/models_evidence.py trains it for 16 epochs.", note=True)
     return accuracy, nets
 
 
