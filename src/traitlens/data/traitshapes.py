@@ -103,7 +103,7 @@ _DISTRACTOR_P = (0.4, 0.2, 0.2, 0.2)
 
 # Critter geometry in body units: body half-length 1, facing +x, y pointing down.
 _BODY = (0.0, 0.0, 1.0, 0.62)  # ellipse cx, cy, a, b
-_WING = (-0.12, -0.06, 0.78, 0.48)  # large enough to show 5-7 dots or 4 stripes at 64 px
+_WING = (-0.12, -0.06, 0.78, 0.48)  # holds ~5 dots or ~4 stripe periods
 _HEAD = (0.98, -0.5, 0.48)  # circle cx, cy, r
 _BEAK = ((1.3, -0.68), (1.3, -0.3), (1.85, -0.48))
 # The three tails have about the same visible area (1.7-1.9 unit², near the body's 1.9), so tail shape cannot be read
@@ -128,7 +128,7 @@ _CREST_SPIKES = (  # two wide, tall spikes rooted inside the head (the head cove
 )
 _PATTERN_PERIOD = 0.42  # wing stripe period in body units
 # Dots sit on a wider lattice with ~2 px gaps at 64 px: dots that nearly touch (46% cover) rendered as a dark
-# grid that the tiny ViT mistook for stripes or plain (a third of the quickstart's errors).
+# grid that the tiny ViT mistook for stripes or plain (half of the quickstart's errors).
 _DOT_PERIOD = 0.5
 _DOT_RADIUS = 0.15  # ~28% cover
 _TEXTURE_GRID = 5
@@ -451,9 +451,8 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 def _pattern(u: np.ndarray, v: np.ndarray, kind: str, angle: float, phase: np.ndarray) -> np.ndarray:
     """Stripes or a dot lattice in local units (used for wings and distractor patches)."""
     c, s = math.cos(angle), math.sin(angle)
-    a = (c * u + s * v) / _PATTERN_PERIOD + phase[0]
     if kind == "stripes":
-        return (a % 1.0) < 0.5
+        return ((c * u + s * v) / _PATTERN_PERIOD + phase[0]) % 1.0 < 0.5
     a = (c * u + s * v) / _DOT_PERIOD + phase[0]
     b = (-s * u + c * v) / _DOT_PERIOD + phase[1]
     return ((a % 1.0) - 0.5) ** 2 + ((b % 1.0) - 0.5) ** 2 <= (_DOT_RADIUS / _DOT_PERIOD) ** 2
