@@ -246,7 +246,7 @@ class Task:
 def tasks_for(args: argparse.Namespace) -> list[Task]:
     """Longest first, so two jobs finish close together."""
     tasks = [Task("finetune", "finetune"), Task("intr", "intr")]
-    extra = {} if args.scouter_renorm == "reference" else {"renorm": args.scouter_renorm}
+    extra = {"renorm": args.scouter_renorm}  # explicit: the quickstart's options (the base) choose another renorm
     tasks += [Task(f"scouter_lambda{lam:g}", "scouter", {"lambda_area": lam, **extra}) for lam in args.lambdas]
     agnostic = {"n_agnostic_prompts": args.promptcam_agnostic} if args.promptcam_agnostic else {}
     tasks += [Task("promptcam" if v == "deep" else f"promptcam_{v}", "promptcam",
