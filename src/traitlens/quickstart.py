@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QuickstartConfig:
-    """Sizes of the quickstart run; the defaults reach ≥ 85 % test accuracy in a few CPU minutes.
+    """Sizes of the quickstart run; the defaults aim at ≥ 85 % test accuracy in under 5 CPU minutes.
 
     Measured on 2 idle cores with the current TraitShapes geometry (runs with the same seed differ by thread
     scheduling): 22k images × 7 epochs reached 88.8, 89.1 and 83.6 % test accuracy in 228-246 s of training (281-295 s
