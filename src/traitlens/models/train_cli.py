@@ -44,7 +44,7 @@ _REFERENCE: dict[str, FitConfig] = {
 _QUICK: dict[str, FitConfig] = {
     # Tiny TraitShapes backbones on 2 CPU cores (64 px, "traitlens-vit-tiny"); see the evidence run.
     # Prompt-CAM lr 3e-2: its few prompt parameters underfit at 1e-2 (48 epochs: 0.823 vs 0.766 test accuracy on the
-    # same backbone, docs/models_evidence.md).
+    # same backbone; docs/models_evidence.md, "Deep Prompt-CAM: learning rate ...").
     "promptcam": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=3e-2, weight_decay=0.0,
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
     "intr": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=1e-6,
