@@ -197,6 +197,7 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
     """The quickstart recipe on the backbone splits; returns the selected model directory and its record."""
     from traitlens.backbones import create_preset
     from traitlens.data.traitshapes import TraitShapes, materialize
+    from traitlens.quickstart import QuickstartConfig
     from traitlens.train import FitConfig, fit
 
     cfg = make_config(args)
@@ -207,8 +208,9 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
     log.info("pre-training traitlens-vit-tiny on %d '%s' images for %d epochs", len(train), BACKBONE_SPLITS[0],
              args.backbone_epochs)
     t0 = time.perf_counter()
-    res = fit(model, train, val, FitConfig(epochs=args.backbone_epochs, batch_size=128, lr=args.backbone_lr,
-                                           seed=args.seed), out=out / "backbone", progress=args.progress)
+    recipe = FitConfig(epochs=args.backbone_epochs, batch_size=QuickstartConfig.batch_size, lr=args.backbone_lr,
+                       seed=args.seed)
+    res = fit(model, train, val, recipe, out=out / "backbone", progress=args.progress)
     record = {"trained_here": True, "splits": list(BACKBONE_SPLITS), "images": len(train),
               "epochs": args.backbone_epochs, "lr": args.backbone_lr, "best_val_acc": res.best_val_acc,
               "seconds": time.perf_counter() - t0}
@@ -487,19 +489,22 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from traitlens.quickstart import QuickstartConfig
+
+    qs = QuickstartConfig  # the backbone defaults are the quickstart's recipe, from its one definition
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/models_evidence"))
     p.add_argument("--backbone", type=Path, default=None,
-                   help="a saved traitlens-vit-tiny trained on the backbone splits (e.g. traitlens-quickstart/model); "
-                        "default: pre-train one here")
-    p.add_argument("--classes", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone-train", type=int, default=12_000)
-    p.add_argument("--backbone-val", type=int, default=1_000)
-    p.add_argument("--backbone-epochs", type=int, default=11)
-    p.add_argument("--backbone-lr", type=float, default=2e-3)
+                   help="a saved traitlens-vit-tiny trained on the backbone splits (e.g. "
+                        "traitlens-quickstart/run/best); default: pre-train one here")
+    p.add_argument("--classes", type=int, default=qs.num_classes)
+    p.add_argument("--size", type=int, default=qs.size)
+    p.add_argument("--seed", type=int, default=qs.seed)
+    p.add_argument("--backbone-train", type=int, default=qs.n_train)
+    p.add_argument("--backbone-val", type=int, default=qs.n_val)
+    p.add_argument("--backbone-epochs", type=int, default=qs.epochs)
+    p.add_argument("--backbone-lr", type=float, default=qs.lr)
     p.add_argument("--train", type=int, default=4_000, help="evidence-train images")
     p.add_argument("--val", type=int, default=500, help="evidence-val images (checkpoint selection)")
     p.add_argument("--test", type=int, default=1_000, help="evidence-test images")
