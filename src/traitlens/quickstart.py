@@ -43,8 +43,8 @@ class QuickstartConfig:
     """Sizes of the quickstart run; the defaults aim at ≥ 85 % test accuracy in under 5 CPU minutes.
 
     Measured on 2 idle cores with the current TraitShapes geometry (runs with the same seed differ by thread
-    scheduling): 22k images × 7 epochs reached 88.8, 89.1 and 83.6 % test accuracy in 228-246 s of training (281-295 s
-    for the whole run); 20k × 7 reached 86.3-91.3 %, and 18k × 7 83 %: the recipe has no margin yet. lr 2e-3
+    scheduling): 22k images × 7 epochs reached 88.8, 89.1, 83.6 and 82.2 % test accuracy in 228-246 s of training
+    (281-295 s for the whole run); 20k × 7 reached 86.3-91.3 %, and 18k × 7 83 %: the recipe has no margin yet. lr 2e-3
     (3e-3 reached 64-69 %, 1.5e-3 79 %) also gives a backbone the interpretable models learn from far better than
     one trained at 1e-3 (INTR 66 % vs 16 % on the same budget).
     """
