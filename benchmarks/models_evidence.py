@@ -27,7 +27,8 @@ Run (--jobs 2 trains two models at a time, one torch thread each; on an idle 2-c
 
 Budget flags: --backbone-train/--backbone-epochs (pre-training), --train/--val/--test (evidence images),
 --epochs (interpretable models), --scouter-epochs/--scouter-lr, --baseline-epochs, --eval-images,
---report-images, --removal-images, --lambdas; --only KIND[,...] trains a subset; --scouter-renorm abs switches
+--report-images, --removal-images, --lambdas; --vit-block picks the ViT block INTR and SCOUTER read (-1 the last);
+--only KIND[,...] trains a subset; --scouter-renorm abs switches
 SCOUTER's renormalisation (the reference one can collapse training: D·ΣD/row-sum explodes near zero row sums).
 Writes OUT/results.json and OUT/results.md and prints the Markdown tables.
 """
@@ -247,8 +248,10 @@ class Task:
 
 def tasks_for(args: argparse.Namespace) -> list[Task]:
     """Longest first, so two jobs finish close together."""
-    tasks = [Task("finetune", "finetune"), Task("intr", "intr")]
-    extra = {"renorm": args.scouter_renorm}  # explicit: the quickstart's options (the base) choose another renorm
+    block = {"vit_block": args.vit_block} if args.vit_block != -1 else {}
+    tasks = [Task("finetune", "finetune"), Task("intr", "intr", dict(block))]
+    # renorm explicit: the quickstart's options (the base) choose another renorm
+    extra = {"renorm": args.scouter_renorm, **block}
     tasks += [Task(f"scouter_lambda{lam:g}", "scouter", {"lambda_area": lam, **extra}) for lam in args.lambdas]
     agnostic = {"n_agnostic_prompts": args.promptcam_agnostic} if args.promptcam_agnostic else {}
     tasks += [Task("promptcam" if v == "deep" else f"promptcam_{v}", "promptcam",
@@ -515,6 +518,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="SCOUTER learning rate (0 = the quick recipe's 1e-3; the reference recipe uses 1e-4)")
     p.add_argument("--scouter-renorm", default="reference", choices=("reference", "abs", "none"),
                    help="SCOUTER's slot-attention renormalisation (models.md §3.1 step 5)")
+    p.add_argument("--vit-block", type=int, default=-1,
+                   help="ViT block whose patch tokens feed INTR and SCOUTER (-1: the last)")
     p.add_argument("--only", type=lambda s: s.split(","), default=[],
                    help="train only these kinds or task names, comma-separated (e.g. scouter)")
     p.add_argument("--promptcam-variants", type=lambda s: s.split(","), default=["deep"],

@@ -147,3 +147,34 @@ def test_build_interpretable_and_recipes() -> None:
     assert recommended_fit_config("intr", "reference").selection == "last"
     assert recommended_fit_config("scouter", "reference", epochs=3).epochs == 3
     assert all(recommended_fit_config(k).mode == "model" for k in KINDS)
+
+
+def test_vit_block_reads_an_earlier_block_and_survives_save_load(tmp_path) -> None:
+    from traitlens.models._common import backbone_features
+
+    torch.manual_seed(0)
+    backbone = create_preset("traitlens-vit-micro", 0).eval()
+    x = torch.rand(2, 3, 32, 32)
+    tokens = backbone.patch_embed(x)
+    tokens = backbone.norm_pre(backbone._pos_embed(tokens))
+    by_hand = backbone.blocks[0](tokens)[:, backbone.num_prefix_tokens:]  # after block 0 of 2, no final norm
+    by_hand = by_hand.transpose(1, 2).reshape(2, -1, 4, 4)
+    assert torch.allclose(backbone_features(backbone, x, vit_block=-2), by_hand, atol=1e-6)
+    assert torch.equal(backbone_features(backbone, x, vit_block=0), backbone_features(backbone, x, vit_block=-2))
+    assert not torch.allclose(backbone_features(backbone, x, vit_block=-1), by_hand)
+
+    net = SCOUTER(backbone, 3, hidden_dim=8, vit_block=-2, class_names=NAMES).eval()
+    save_model(net, tmp_path / "s")
+    loaded = load_model(tmp_path / "s")
+    assert loaded.vit_block == -2 and torch.equal(loaded(x).maps, net(x).maps)
+
+
+@pytest.mark.parametrize("kind", ["intr", "scouter"])
+def test_vit_block_errors_are_named(kind) -> None:
+    build = {"intr": lambda bb, **kw: INTR(bb, 3, hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1,
+                                           dim_feedforward=32, **kw),
+             "scouter": lambda bb, **kw: SCOUTER(bb, 3, hidden_dim=8, **kw)}[kind]
+    with pytest.raises(ValueError, match="vit_block=2 is outside this ViT's 2 blocks"):
+        build(create_preset("traitlens-vit-micro", 0), vit_block=2)
+    with pytest.raises(ValueError, match="vit_block=-2 applies to ViT backbones"):
+        build(make_cnn(), vit_block=-2)

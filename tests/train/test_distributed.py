@@ -31,13 +31,14 @@ def test_two_process_ddp_matches_single_process(tmp_path) -> None:
     cfg = TraitShapesConfig(size=32, num_classes=4, seed=5)
     export_cub(TraitShapes(cfg, "train", 32), tmp_path / "data", test=TraitShapes(cfg, "test", 8))
     common = ["train", "finetune", "--data", str(tmp_path / "data"), "--model", "traitlens-vit-micro",
-              "--epochs", "2", "--batch-size", "16", "--lr", "0.001"]
+              "--epochs", "2", "--batch-size", "16", "--lr", "0.001", "--no-amp"]  # float32: compare the DDP maths
     _run([sys.executable, "-m", "traitlens", *common, "--out", str(tmp_path / "one")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
           "--master-port", str(_free_port()), "-m", "traitlens", *common, "--out", str(tmp_path / "two")], tmp_path)
     one = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     two = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert one["epoch"] == two["epoch"] == 1
+    assert one["config"]["amp"] is two["config"]["amp"] is False
     for name, a in one["model"].items():
         assert torch.allclose(a, two["model"][name], atol=2e-5, rtol=1e-4), name
     assert abs(one["history"][-1]["train_loss"] - two["history"][-1]["train_loss"]) < 1e-4

@@ -32,6 +32,7 @@ __all__ = [
     "backbone_features",
     "backbone_grid",
     "build_backbone",
+    "check_vit_block",
     "freeze_stages",
     "rebuild_backbone",
     "sine_position_encoding",
@@ -241,15 +242,18 @@ def backbone_channels(backbone: nn.Module) -> int:
     return int(backbone.num_features)
 
 
-def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm: bool = False) -> torch.Tensor:
-    """The backbone's last feature map as NCHW, grid read at run time (models.md §0, §2.1 step 1, §3.1 step 1).
+def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm: bool = False,
+                      vit_block: int = -1) -> torch.Tensor:
+    """The backbone's feature map as NCHW, grid read at run time (models.md §0, §2.1 step 1, §3.1 step 1).
 
-    timm ViT: the last block's patch tokens (prefix tokens dropped), reshaped to the model's grid for this input.
-    timm CNN (or DETR-R50): `forward_features`, the last feature map.
+    timm ViT: the patch tokens after block `vit_block` (-1: the last; prefix tokens dropped), reshaped to the
+    model's grid for this input. Blocks after it are not run.
+    timm CNN (or DETR-R50): `forward_features`, the last feature map (`vit_block` must stay -1).
     """
-    if is_vit(backbone):
-        (feats,) = backbone.forward_intermediates(images, indices=1, norm=vit_final_norm, output_fmt="NCHW",
-                                                  intermediates_only=True)
+    block = check_vit_block(backbone, vit_block)
+    if block is not None:
+        (feats,) = backbone.forward_intermediates(images, indices=[block], norm=vit_final_norm, output_fmt="NCHW",
+                                                  intermediates_only=True, stop_early=True)
         return feats
     feats = backbone.forward_features(images)
     if feats.dim() != 4:
@@ -258,6 +262,18 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm:
             "map is needed (a timm CNN or ViT)"
         )
     return feats
+
+
+def check_vit_block(backbone: nn.Module, vit_block: int) -> int | None:
+    """The non-negative index of ViT block `vit_block` (None for a CNN); a clear error when it does not exist."""
+    if not is_vit(backbone):
+        if vit_block != -1:
+            raise ValueError(f"vit_block={vit_block} applies to ViT backbones; {type(backbone).__name__} is not one")
+        return None
+    depth = len(backbone.blocks)
+    if not -depth <= vit_block < depth:
+        raise ValueError(f"vit_block={vit_block} is outside this ViT's {depth} blocks")
+    return vit_block % depth
 
 
 def backbone_grid(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from traitlens.models._common import (
     backbone_channels,
     backbone_features,
     build_backbone,
+    check_vit_block,
     freeze_stages,
     sine_position_encoding,
 )
@@ -165,6 +166,8 @@ class INTR(InterpretableModel):
             `detr_r50` always freezes its stem and layer1, as DETR does.
         backbone_lr_scale: backbone lr = scale × lr in `param_groups` (reference 1e-5 / 5e-5 = 0.2).
         vit_final_norm: apply the ViT's final norm to the patch tokens.
+        vit_block: the ViT block whose patch tokens feed the encoder (-1: the last). Under class-token pooling
+            the last block's patch outputs never reach the classification loss, so -2 gives trained features.
         pretrained: fetch published weights for a timm name.
         backbone_args: extra `timm.create_model` arguments.
         class_names: names of the C classes.
@@ -190,6 +193,7 @@ class INTR(InterpretableModel):
         frozen_stages: int = 0,
         backbone_lr_scale: float = 0.2,
         vit_final_norm: bool = False,
+        vit_block: int = -1,
         pretrained: bool = True,
         backbone_args: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
@@ -204,6 +208,8 @@ class INTR(InterpretableModel):
         freeze_stages(self.backbone, frozen_stages)
         self.num_classes = int(num_classes)
         self.vit_final_norm = vit_final_norm
+        self.vit_block = int(vit_block)
+        check_vit_block(self.backbone, self.vit_block)
         self.return_all_layers = return_all_layers
         self.backbone_lr_scale = backbone_lr_scale
         self.input_proj = nn.Conv2d(backbone_channels(module), hidden_dim, kernel_size=1)
@@ -218,7 +224,8 @@ class INTR(InterpretableModel):
         options = {"hidden_dim": hidden_dim, "nheads": nheads, "enc_layers": enc_layers, "dec_layers": dec_layers,
                    "dim_feedforward": dim_feedforward, "dropout": dropout, "decoder_key_pos": decoder_key_pos,
                    "return_all_layers": return_all_layers, "noise_frac": noise_frac, "frozen_stages": frozen_stages,
-                   "backbone_lr_scale": backbone_lr_scale, "vit_final_norm": vit_final_norm}
+                   "backbone_lr_scale": backbone_lr_scale, "vit_final_norm": vit_final_norm,
+                   "vit_block": vit_block}
         self._init_common(spec, options, class_names)
         if init_checkpoint is not None:
             self.load_detr_checkpoint(init_checkpoint, noise_frac=noise_frac)
@@ -226,7 +233,7 @@ class INTR(InterpretableModel):
     # -- forward -------------------------------------------------------------------------------------------------
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map F [B,C_b,h,w] (§2.1 step 1); also what classic Grad-CAM differentiates."""
-        return backbone_features(self.backbone, images, self.vit_final_norm)
+        return backbone_features(self.backbone, images, self.vit_final_norm, self.vit_block)
 
     def forward_transformer(self, features: torch.Tensor, mask: torch.Tensor | None = None,
                             return_maps: bool = True) -> ModelOutput:

@@ -29,6 +29,7 @@ from traitlens.models._common import (
     backbone_channels,
     backbone_features,
     build_backbone,
+    check_vit_block,
     freeze_stages,
     sine_position_encoding,
 )
@@ -163,6 +164,8 @@ class SCOUTER(InterpretableModel):
         frozen_stages: backbone stages frozen (see `freeze_stages`); None = 2 (stem + layer1 + layer2) when the
             backbone came with weights (pretrained name, directory or module) and 0 for a random timm name.
         vit_final_norm: apply a ViT backbone's final norm to its patch tokens.
+        vit_block: the ViT block whose patch tokens feed the slots (-1: the last). Under class-token pooling
+            the last block's patch outputs never reach the classification loss, so -2 gives trained features.
         slot_seed: seed of the slot init (reproducible); None uses the global RNG.
         pretrained: fetch published weights for a timm name.
         backbone_args: extra `timm.create_model` arguments.
@@ -187,6 +190,7 @@ class SCOUTER(InterpretableModel):
         renorm: str = "reference",
         frozen_stages: int | None = None,
         vit_final_norm: bool = False,
+        vit_block: int = -1,
         slot_seed: int | None = None,
         pretrained: bool = True,
         backbone_args: dict[str, Any] | None = None,
@@ -210,6 +214,8 @@ class SCOUTER(InterpretableModel):
         self.lambda_area, self.power = float(lambda_area), float(power)
         self.hidden_dim = int(hidden_dim)
         self.vit_final_norm = vit_final_norm
+        self.vit_block = int(vit_block)
+        check_vit_block(self.backbone, self.vit_block)
         self.conv1x1 = nn.Conv2d(backbone_channels(module), hidden_dim, kernel_size=1)
         gen = torch.Generator().manual_seed(slot_seed) if slot_seed is not None else None
         self.slot_attention = XSlotAttention(self.num_classes * self.slots_per_class, hidden_dim, iterations,
@@ -219,12 +225,13 @@ class SCOUTER(InterpretableModel):
         options = {"slots_per_class": slots_per_class, "e": e, "lambda_area": lambda_area, "power": power,
                    "hidden_dim": hidden_dim, "iterations": iterations, "to_k_layers": to_k_layers,
                    "q_proj": q_proj, "renorm": renorm, "frozen_stages": frozen_stages,
-                   "vit_final_norm": vit_final_norm}
+                   "vit_final_norm": vit_final_norm,
+                   "vit_block": vit_block}
         self._init_common(spec, options, class_names)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map F [B,C_b,h,w] (§3.1 step 1); also what classic Grad-CAM differentiates."""
-        return backbone_features(self.backbone, images, self.vit_final_norm)
+        return backbone_features(self.backbone, images, self.vit_final_norm, self.vit_block)
 
     def forward_slots(self, features: torch.Tensor) -> ModelOutput:
         """Steps 2–6 of §3.1 from a feature map; maps are always returned (they are the slot attention itself).

@@ -7,6 +7,7 @@ visits the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -27,6 +28,7 @@ from traitlens._io import atomic_write
 from traitlens.backbones.loading import save_model
 from traitlens.backbones.preprocess import normalize
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from traitlens.train.precision import autocast_dtype, unfused_attention
 
 __all__ = ["FitConfig", "FitResult", "evaluate_accuracy", "fit", "iterate_batches"]
 
@@ -51,7 +53,7 @@ class FitConfig:
         label_smoothing: cross-entropy smoothing.
         grad_clip: max gradient norm (0 disables).
         seed: seeds initial RNG and the per-epoch shuffling.
-        amp: mixed precision where a GPU exists.
+        amp: mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX / AVX512-BF16 (`train.precision`).
         selection: "val" (keep the best validation top-1), "last", or "reference" (the model's
             `reference_selection`: "best_val", "last", or "last+every10" which also keeps every 10th epoch).
     """
@@ -279,8 +281,8 @@ def fit(
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     opt = _optimizer(model, params, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(device) if cfg.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     result = FitResult(out=out_dir)
     start_epoch = 0
     if resume:
@@ -306,7 +308,7 @@ def fit(
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
             images, labels = normalize(model, images.to(device, non_blocking=True)), labels.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
+            with _autocast(model, device, amp_dtype):
                 output = net(images)
                 logits = _logits(output)
                 loss = (loss_fn(output, labels) if callable(loss_fn)
@@ -354,6 +356,16 @@ def fit(
         result.best_dir = out_dir / "best"
     model.eval()
     return result
+
+
+def _autocast(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """Autocast to `amp_dtype` (None: off); on a CPU attention runs unfused (its fused bf16 backward is slow)."""
+    stack = contextlib.ExitStack()
+    if amp_dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=amp_dtype))
+        if device.type == "cpu":
+            stack.enter_context(unfused_attention(model))
+    return stack
 
 
 def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:

@@ -1,0 +1,55 @@
+"""Mixed precision for training: float16 on a GPU, bfloat16 on a CPU with native bf16 matrix units.
+
+On a CPU with AMX or AVX512-BF16 a bf16 matmul runs ~8x faster than fp32 (measured here: 1.6 TFLOP/s vs
+0.2), and a tiny ViT's training step ~1.9x faster. The fused attention kernel is the exception: its bf16
+backward on a CPU is slower than the whole fp32 step, so attention runs unfused while training in bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["autocast_dtype", "cpu_has_fast_bf16", "unfused_attention"]
+
+_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+@functools.cache
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU advertises AMX-BF16 or AVX512-BF16 (read from `cpuinfo`; False where it is absent)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_BF16_CPU_FLAGS & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype worth using for training on `device`, or None to stay in float32."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+@contextmanager
+def unfused_attention(model: nn.Module) -> Iterator[None]:
+    """Switch timm's fused attention off in every block of `model` for the duration; restore it after."""
+    saved = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    try:
+        for m, _ in saved:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, fused in saved:
+            m.fused_attn = fused
