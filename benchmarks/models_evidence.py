@@ -27,7 +27,8 @@ Run (--jobs 2 trains two models at a time, one torch thread each; on an idle 2-c
 
 Budget flags: --backbone-train/--backbone-epochs (pre-training), --train/--val/--test (evidence images),
 --epochs (interpretable models), --scouter-epochs/--scouter-lr, --baseline-epochs, --eval-images,
---report-images, --removal-images, --lambdas; --vit-block picks the ViT block INTR and SCOUTER read (-1 the last);
+--report-images, --removal-images, --lambdas; --scouter-vit-block/--intr-vit-block pick the ViT block the models
+read (-1 the last); --promptcam-variants takes deep, shallow and interpolatedI (class prompts from block I);
 --only KIND[,...] trains a subset; --scouter-renorm abs switches
 SCOUTER's renormalisation (the reference one can collapse training: D·ΣD/row-sum explodes near zero row sums).
 Writes OUT/results.json and OUT/results.md and prints the Markdown tables.
@@ -248,18 +249,27 @@ class Task:
 
 def tasks_for(args: argparse.Namespace) -> list[Task]:
     """Longest first, so two jobs finish close together."""
-    block = {"vit_block": args.vit_block} if args.vit_block != -1 else {}
-    tasks = [Task("finetune", "finetune"), Task("intr", "intr", dict(block))]
+    intr_block = {"vit_block": args.intr_vit_block} if args.intr_vit_block != -1 else {}
+    tasks = [Task("finetune", "finetune"), Task("intr", "intr", intr_block)]
     # renorm explicit: the quickstart's options (the base) choose another renorm
-    extra = {"renorm": args.scouter_renorm, **block}
+    extra = {"renorm": args.scouter_renorm, "vit_block": args.scouter_vit_block}
     tasks += [Task(f"scouter_lambda{lam:g}", "scouter", {"lambda_area": lam, **extra}) for lam in args.lambdas]
     agnostic = {"n_agnostic_prompts": args.promptcam_agnostic} if args.promptcam_agnostic else {}
     tasks += [Task("promptcam" if v == "deep" else f"promptcam_{v}", "promptcam",
-                   agnostic if v == "deep" else {"variant": v, **agnostic}) for v in args.promptcam_variants]
+                   {**agnostic, **_promptcam_variant(v)}) for v in args.promptcam_variants]
     tasks += [Task("linear", "linear")]
     if args.only:
         tasks = [t for t in tasks if t.kind in args.only or t.name in args.only]
     return tasks
+
+
+def _promptcam_variant(name: str) -> dict[str, Any]:
+    """'deep' → {}, 'shallow' → variant, 'interpolatedI' → class prompts from block I on."""
+    if name == "deep":
+        return {}
+    if name.startswith("interpolated"):
+        return {"variant": "interpolated", "class_from_block": int(name.removeprefix("interpolated"))}
+    return {"variant": name}
 
 
 def _fit_config(task: Task, args: argparse.Namespace):
@@ -518,8 +528,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="SCOUTER learning rate (0 = the quick recipe's 1e-3; the reference recipe uses 1e-4)")
     p.add_argument("--scouter-renorm", default="reference", choices=("reference", "abs", "none"),
                    help="SCOUTER's slot-attention renormalisation (models.md §3.1 step 5)")
-    p.add_argument("--vit-block", type=int, default=-1,
-                   help="ViT block whose patch tokens feed INTR and SCOUTER (-1: the last)")
+    p.add_argument("--scouter-vit-block", type=int, default=-1,
+                   help="ViT block whose patch tokens feed SCOUTER's slots (-1: the last)")
+    p.add_argument("--intr-vit-block", type=int, default=-1,
+                   help="ViT block whose patch tokens feed INTR's encoder (-1: the last)")
     p.add_argument("--only", type=lambda s: s.split(","), default=[],
                    help="train only these kinds or task names, comma-separated (e.g. scouter)")
     p.add_argument("--promptcam-variants", type=lambda s: s.split(","), default=["deep"],

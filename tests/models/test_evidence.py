@@ -105,11 +105,15 @@ def test_head_preferences_separate_background_from_parts() -> None:
 
 
 def test_arguments_tasks_and_splits() -> None:
-    args = ev.parse_args(["--lambdas", "0.5,2,8", "--out", "x", "--promptcam-variants", "deep,shallow"])
+    args = ev.parse_args(["--lambdas", "0.5,2,8", "--out", "x", "--promptcam-variants", "deep,shallow,interpolated2",
+                          "--scouter-vit-block", "-2"])
     tasks = ev.tasks_for(args)
     names = [t.name for t in tasks]
-    assert {"linear", "finetune", "promptcam", "promptcam_shallow", "intr"} <= set(names)
-    assert next(t for t in tasks if t.name == "promptcam_shallow").options == {"variant": "shallow"}
+    assert {"linear", "finetune", "promptcam", "promptcam_shallow", "promptcam_interpolated2", "intr"} <= set(names)
+    options = {t.name: t.options for t in tasks}
+    assert options["promptcam_shallow"] == {"variant": "shallow"} and options["promptcam"] == {}
+    assert options["promptcam_interpolated2"] == {"variant": "interpolated", "class_from_block": 2}
+    assert options["scouter_lambda2"]["vit_block"] == -2 and options["intr"] == {}
     assert [n for n in names if n.startswith("scouter")] == ["scouter_lambda0.5", "scouter_lambda2", "scouter_lambda8"]
     with pytest.raises(SystemExit):
         ev.parse_args(["--lambdas", "3,1"])
