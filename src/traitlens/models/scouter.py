@@ -225,8 +225,7 @@ class SCOUTER(InterpretableModel):
         options = {"slots_per_class": slots_per_class, "e": e, "lambda_area": lambda_area, "power": power,
                    "hidden_dim": hidden_dim, "iterations": iterations, "to_k_layers": to_k_layers,
                    "q_proj": q_proj, "renorm": renorm, "frozen_stages": frozen_stages,
-                   "vit_final_norm": vit_final_norm,
-                   "vit_block": vit_block}
+                   "vit_final_norm": vit_final_norm, "vit_block": vit_block}
         self._init_common(spec, options, class_names)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
