@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from traitlens._io import atomic_write
 from traitlens.backbones.loading import save_model
 from traitlens.backbones.preprocess import normalize
+from traitlens.train.augment import flip_and_shift
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from traitlens.train.precision import autocast_dtype, unfused_attention
 
@@ -53,6 +54,9 @@ class FitConfig:
         label_smoothing: cross-entropy smoothing.
         grad_clip: max gradient norm (0 disables).
         seed: seeds initial RNG and the per-epoch shuffling.
+        augment_flip, augment_shift: per-image random left-right flips and translations by up to `augment_shift`
+            pixels, drawn per epoch from the seed (`train.augment`; off by default). Under DDP each rank draws for its
+            own shard, so an augmented distributed run is not step-for-step the single-process one.
         amp: mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX / AVX512-BF16 (`train.precision`).
         selection: "val" (keep the best validation top-1), "last", or "reference" (the model's
             `reference_selection`: "best_val", "last", or "last+every10" which also keeps every 10th epoch).
@@ -68,6 +72,8 @@ class FitConfig:
     batch_size: int = 128
     label_smoothing: float = 0.1
     grad_clip: float = 0.0
+    augment_flip: bool = False
+    augment_shift: int = 0
     seed: int = 0
     amp: bool = True
     selection: str = "val"
@@ -302,12 +308,16 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        augment = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 50_021)
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=shuffle,
                                    num_workers=cfg.num_workers, shard=(dist_.rank, dist_.world)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
-            images, labels = normalize(model, images.to(device, non_blocking=True)), labels.to(device)
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            if cfg.augment_flip or cfg.augment_shift:
+                images = flip_and_shift(images, augment, cfg.augment_flip, cfg.augment_shift)
+            images = normalize(model, images)
             with _autocast(model, device, amp_dtype):
                 output = net(images)
                 logits = _logits(output)
