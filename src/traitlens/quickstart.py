@@ -45,10 +45,11 @@ class QuickstartConfig:
     Measured on 2 idle cores with AMX (the trainer runs bf16 autocast there, ~1,100 img/s against ~650 in float32).
     22k images × 10 epochs without augmentation: 91.4 % and 86.3 % test accuracy (2 threads, same seed; whole run
     241-258 s), and 92.1 / 94.8 / 88.1 % on one thread for seeds 0 / 1 / 2. With random flips and shifts of up to
-    4 px (half a patch) seeds 0 and 2 reached 93.5 % and 90.9 %, and the augmentation costs ~5 % of the ViT phase.
-    In float32 the ViT phase takes ~1.8× longer. lr 2e-3 (3e-3 reached 64-69 %, 1.5e-3 79 % in float32 at 7 epochs)
-    also gives a backbone the interpretable models learn from far better than one trained at 1e-3 (INTR 66 % vs 16 %
-    on the same budget).
+    4 px (half a patch) seeds 0 and 2 reached 93.5 % and 90.9 %; the augmentation costs ~4 % of a step. 10 epochs
+    with it reached 93.9 % but took 291 s on a slow day of the VM (throughput varies by up to 20 % between runs),
+    so the default is 9 epochs. In float32 the ViT phase takes ~1.8× longer. lr 2e-3 (3e-3 reached 64-69 %, 1.5e-3
+    79 % in float32 at 7 epochs) also gives a backbone the interpretable models learn from far better than one
+    trained at 1e-3 (INTR 66 % vs 16 % on the same budget).
     """
 
     out: Path = Path("traitlens-quickstart")
@@ -57,7 +58,7 @@ class QuickstartConfig:
     n_train: int = 22_000
     n_val: int = 500
     n_test: int = 2_000
-    epochs: int = 10
+    epochs: int = 9
     batch_size: int = 128
     lr: float = 2e-3
     augment_flip: bool = True
