@@ -14,6 +14,7 @@ from traitlens.backbones import create_preset, load_model, save_model
 from traitlens.cli import app
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, export_cub
 from traitlens.explain import list_methods
+from traitlens.train import load_checkpoint
 
 runner = CliRunner()
 
@@ -87,8 +88,11 @@ def test_train_interpretable_model_from_the_cli(tmp_path) -> None:
     backbone = tmp_path / "backbone"
     save_model(create_preset("traitlens-vit-micro", 3), backbone)
     result = runner.invoke(app, ["train", "promptcam", "--data", str(tmp_path / "data"), "--backbone", str(backbone),
-                                 "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run")])
+                                 "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run"),
+                                 "--augment-flip", "--augment-shift", "2"])
     assert result.exit_code == 0, result.output
+    recipe = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]
+    assert (recipe["augment_flip"], recipe["augment_shift"], recipe["mode"]) == (True, 2, "model")
     net = load_model(tmp_path / "run" / "best")
     assert type(net).__name__ == "PromptCAM"
     assert net.class_names == list(TraitShapes(cfg, "train", 1).classes)

@@ -94,6 +94,8 @@ def train(
     img_size: int = typer.Option(0, help="Input size; 0 = the model's own."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
     amp: bool = typer.Option(True, help="Mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16."),
+    augment_flip: bool = typer.Option(False, help="Random left-right flips of the training images."),
+    augment_shift: int = typer.Option(0, help="Random translations of the training images by up to this many px."),
     seed: int = typer.Option(0),
 ) -> None:
     """Train a classifier: `linear` probe or `finetune` of a timm model, or an interpretable model on a backbone.
@@ -126,7 +128,7 @@ def train(
             net = build_interpretable(mode, model, num_classes, class_names=class_names, pretrained=pretrained)
             cfg = recommended_fit_config(mode, recipe, seed=seed)
         overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
-        cfg = replace(cfg, amp=amp, **overrides)
+        cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, **overrides)
         net = net.to(device)
         size = tuple(data_config(net)["input_size"][1:])
         train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)

@@ -126,6 +126,8 @@ def test_bad_config_values_are_named() -> None:
         fit(_model(), ArraySet(), None, FitConfig(mode="probe"), progress=False)
     with pytest.raises(ValueError, match="unknown schedule"):
         fit(_model(), ArraySet(), None, FitConfig(schedule="step"), progress=False)
+    with pytest.raises(ValueError, match="augment_shift must be >= 0 pixels, got -2"):
+        fit(_model(), ArraySet(), None, FitConfig(augment_shift=-2), progress=False)
 
 
 def test_sharded_batches_cover_each_global_batch() -> None:

@@ -270,6 +270,8 @@ def fit(
     dist_ = _Dist()
     if cfg.selection not in ("val", "last", "reference"):
         raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val', 'last' or 'reference'")
+    if cfg.augment_shift < 0:
+        raise ValueError(f"augment_shift must be >= 0 pixels, got {cfg.augment_shift}")
     selection, keep_every = cfg.selection, 0
     if selection == "reference":
         rule = getattr(model, "reference_selection", "best_val")
