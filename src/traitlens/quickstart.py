@@ -48,7 +48,9 @@ class QuickstartConfig:
     4 px (half a patch) seeds 0 and 2 reached 93.5 % and 90.9 %; the augmentation costs ~4 % of a step. 10 epochs
     with it reached 93.9 % but took 291 s on a slow day of the VM (throughput varies by up to 20 % between runs),
     so the default is 9 epochs: 93.1 % in 248 s (README command 1, fresh clone), and 89.8 / 93.9 % on one thread
-    for seeds 1 / 3. In float32 the ViT phase takes ~1.8× longer. lr 2e-3 (3e-3 reached 64-69 %, 1.5e-3
+    for seeds 1 / 3, but a repeat of the README run reached only 76.1 %: in about one 2-thread run in three the
+    training sits near 50 % train accuracy through the peak learning rate (epochs 2-4) and 9 epochs do not make up
+    for it. In float32 the ViT phase takes ~1.8× longer. lr 2e-3 (3e-3 reached 64-69 %, 1.5e-3
     79 % in float32 at 7 epochs) also gives a backbone the interpretable models learn from far better than one
     trained at 1e-3 (INTR 66 % vs 16 % on the same budget).
     """
