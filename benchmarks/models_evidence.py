@@ -14,10 +14,10 @@ Measures, on a small CPU budget and with **one** tiny ViT backbone for everythin
    ground-truth class) for several λ (`lambda_area`), and whether it shrinks monotonically as λ grows;
 4. which TraitShapes part each Prompt-CAM / INTR head prefers (`traitlens.evaluation.trait_report`, per head).
 
-Data: the backbone is pre-trained (the quickstart recipe: `traitlens-vit-tiny`, 64 px, AdamW 2e-3, one-cycle) on
-the TraitShapes splits "train"/"val"; everything else trains and is measured on the splits "evidence-train",
-"evidence-val" and "evidence-test" of the same classes. TraitShapes seeds each image by (seed, crc32(split), index),
-so these are different images of the same classes.
+Data: the backbone is pre-trained (the quickstart recipe, `QuickstartConfig`: `traitlens-vit-tiny`, 64 px, AdamW,
+one-cycle, flips and shifts) on the TraitShapes splits "train"/"val"; everything else trains and is measured on the
+splits "evidence-train", "evidence-val" and "evidence-test" of the same classes. TraitShapes seeds each image by (seed,
+crc32(split), index), so these are different images of the same classes.
 
 Run (--jobs 2 trains two models at a time, one torch thread each; on an idle 2-core machine the command below takes
 ~9 min with a given backbone, and pre-training one here adds ~5-7 min):
@@ -211,6 +211,7 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
              args.backbone_epochs)
     t0 = time.perf_counter()
     recipe = FitConfig(epochs=args.backbone_epochs, batch_size=QuickstartConfig.batch_size, lr=args.backbone_lr,
+                       augment_flip=QuickstartConfig.augment_flip, augment_shift=QuickstartConfig.augment_shift,
                        seed=args.seed)
     res = fit(model, train, val, recipe, out=out / "backbone", progress=args.progress)
     record = {"trained_here": True, "splits": list(BACKBONE_SPLITS), "images": len(train),
