@@ -42,19 +42,15 @@ log = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults aim at ≥ 85 % test accuracy in under 5 CPU minutes.
 
-    Measured on 2 idle cores with AMX (the trainer runs bf16 autocast there, ~1,100 img/s against ~650 in float32).
-    22k images × 10 epochs without augmentation: 91.4 % and 86.3 % test accuracy (2 threads, same seed; whole run
-    241-258 s), and 92.1 / 94.8 / 88.1 % on one thread for seeds 0 / 1 / 2. With random flips and shifts of up to
-    4 px (half a patch) seeds 0 and 2 reached 93.5 % and 90.9 %; the augmentation costs ~4 % of a step. 10 epochs
-    with it reached 93.9 % but took 291 s on a slow day of the VM (throughput varies by up to 20 % between runs),
-    so the default is 9 epochs: 93.1 % in 248 s (README command 1, fresh clone), and 89.8 / 93.9 % on one thread
-    for seeds 1 / 3, but a repeat of the README run reached only 76.1 %: in about one 2-thread run in three the
-    training sits near 50 % train accuracy through the peak learning rate (epochs 2-4) and 9 epochs do not make up
-    for it. A lower peak learning rate removed that stall on the one-thread seed that showed it: seed 1 went from
-    89.8 % at lr 2e-3 to 94.7 % at 1.5e-3 (93.2 % with gradient clipping at 1.0 instead), hence lr 1.5e-3. In float32
-    the ViT phase takes ~1.8× longer. README command 1 at lr 1.5e-3: 91.6 % in 220 s; a repeat 88.6 %. (lr 2e-3
-    gave a backbone the interpretable models learn from far better than one trained at 1e-3: INTR 66 % vs 16 % on
-    the same budget.)
+    Measured on 2 idle cores with AMX, where the trainer runs bf16 autocast (~1,100 img/s against ~650 in float32;
+    without bf16 units the ViT phase takes ~1.8× longer). This recipe: 91.6 % in 220 s (README command 1, fresh
+    clone) and 88.6 % on a repeat; 94.7 % on one thread with seed 1. Why each setting:
+    - flips and shifts of up to 4 px (half a patch): without them train accuracy ended ~5 points above test; one-thread
+      seeds 0 / 2 went from 92.1 / 88.1 % to 93.5 / 90.9 % (at lr 2e-3, 10 epochs); they cost ~4 % of a step;
+    - lr 1.5e-3: at 2e-3 about one 2-thread run in three sat near 50 % train accuracy through the peak of the
+      schedule (epochs 2-4) and ended at 76-86 %; on the one-thread seed that showed it, 1.5e-3 gave 94.7 % against
+      89.8 % (gradient clipping at 1.0: 93.2 %);
+    - 9 epochs: 10 took 291 s on a slow stretch of the VM (throughput varies by up to ~20 % between runs).
     """
 
     out: Path = Path("traitlens-quickstart")
