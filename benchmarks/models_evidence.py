@@ -200,7 +200,7 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
     from traitlens.backbones import create_preset
     from traitlens.data.traitshapes import TraitShapes, materialize
     from traitlens.quickstart import QuickstartConfig
-    from traitlens.train import FitConfig, fit
+    from traitlens.train import fit
 
     cfg = make_config(args)
     train = materialize(TraitShapes(cfg, BACKBONE_SPLITS[0], args.backbone_train), 2, args.progress)
@@ -210,9 +210,7 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
     log.info("pre-training traitlens-vit-tiny on %d '%s' images for %d epochs", len(train), BACKBONE_SPLITS[0],
              args.backbone_epochs)
     t0 = time.perf_counter()
-    recipe = FitConfig(epochs=args.backbone_epochs, batch_size=QuickstartConfig.batch_size, lr=args.backbone_lr,
-                       augment_flip=QuickstartConfig.augment_flip, augment_shift=QuickstartConfig.augment_shift,
-                       seed=args.seed)
+    recipe = QuickstartConfig(epochs=args.backbone_epochs, lr=args.backbone_lr, seed=args.seed).vit_recipe()
     res = fit(model, train, val, recipe, out=out / "backbone", progress=args.progress)
     record = {"trained_here": True, "splits": list(BACKBONE_SPLITS), "images": len(train),
               "epochs": args.backbone_epochs, "lr": args.backbone_lr, "best_val_acc": res.best_val_acc,

@@ -74,6 +74,11 @@ class QuickstartConfig:
     interpretable_epochs: int = 3
     progress: bool = True
 
+    def vit_recipe(self) -> FitConfig:
+        """The `FitConfig` the quickstart trains its ViT with (also the evidence benchmark's backbone recipe)."""
+        return FitConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                         augment_flip=self.augment_flip, augment_shift=self.augment_shift)
+
 
 class _Phases:
     """Wall time per quickstart phase, logged as each ends (where the five minutes go)."""
@@ -120,9 +125,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     phases.done("generate data")
 
     model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
-    recipe = FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       augment_flip=cfg.augment_flip, augment_shift=cfg.augment_shift)
-    result = fit(model, train, val, recipe, out=out / "run", progress=cfg.progress)
+    result = fit(model, train, val, cfg.vit_recipe(), out=out / "run", progress=cfg.progress)
     phases.done("train ViT")
     train_seconds = phases.seconds["train ViT"]
     test_acc = evaluate_accuracy(model, test)
