@@ -206,15 +206,15 @@ def pretrain_backbone(args: argparse.Namespace, out: Path) -> tuple[Path, dict[s
     train = materialize(TraitShapes(cfg, BACKBONE_SPLITS[0], args.backbone_train), 2, args.progress)
     val = materialize(TraitShapes(cfg, BACKBONE_SPLITS[1], args.backbone_val), 2, args.progress)
     torch.manual_seed(args.seed)
-    model = create_preset("traitlens-vit-tiny", args.classes, class_names=train.classes)
-    log.info("pre-training traitlens-vit-tiny on %d '%s' images for %d epochs", len(train), BACKBONE_SPLITS[0],
+    model = create_preset(args.backbone_preset, args.classes, class_names=train.classes)
+    log.info("pre-training %s on %d '%s' images for %d epochs", args.backbone_preset, len(train), BACKBONE_SPLITS[0],
              args.backbone_epochs)
     t0 = time.perf_counter()
     recipe = QuickstartConfig(epochs=args.backbone_epochs, lr=args.backbone_lr, seed=args.seed).vit_recipe()
     res = fit(model, train, val, recipe, out=out / "backbone", progress=args.progress)
-    record = {"trained_here": True, "splits": list(BACKBONE_SPLITS), "images": len(train),
-              "epochs": args.backbone_epochs, "lr": args.backbone_lr, "best_val_acc": res.best_val_acc,
-              "seconds": time.perf_counter() - t0}
+    record = {"trained_here": True, "preset": args.backbone_preset, "splits": list(BACKBONE_SPLITS),
+              "images": len(train), "epochs": args.backbone_epochs, "lr": args.backbone_lr,
+              "best_val_acc": res.best_val_acc, "seconds": time.perf_counter() - t0}
     return Path(res.best_dir), record
 
 
@@ -508,8 +508,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/models_evidence"))
     p.add_argument("--backbone", type=Path, default=None,
-                   help="a saved traitlens-vit-tiny trained on the backbone splits (e.g. "
-                        "traitlens-quickstart/run/best); default: pre-train one here")
+                   help="a saved traitlens-vit-tiny(-gap) trained on the backbone splits (e.g. "
+                        "traitlens-quickstart/run/best); default: pre-train --backbone-preset here")
+    p.add_argument("--backbone-preset", choices=["traitlens-vit-tiny-gap", "traitlens-vit-tiny"],
+                   default="traitlens-vit-tiny-gap",
+                   help="the architecture pre-trained here: patch-mean pooled (default; Prompt-CAM Deep reads the "
+                        "patch tokens) or the quickstart's class-token ViT")
     p.add_argument("--classes", type=int, default=qs.num_classes)
     p.add_argument("--size", type=int, default=qs.size)
     p.add_argument("--seed", type=int, default=qs.seed)

@@ -120,6 +120,18 @@ def test_arguments_tasks_and_splits() -> None:
     assert not set(ev.BACKBONE_SPLITS) & set(ev.EVIDENCE_SPLITS)
 
 
+def test_backbone_pretraining_builds_the_chosen_preset(tmp_path) -> None:
+    import json
+
+    args = ev.parse_args(["--backbone-train", "16", "--backbone-val", "8", "--backbone-epochs", "1", "--no-progress"])
+    assert args.backbone_preset == "traitlens-vit-tiny-gap"  # Deep reads patch tokens (docs/models_evidence.md)
+    best, record = ev.pretrain_backbone(args, tmp_path)
+    config = json.loads((best / "config.json").read_text())
+    assert config["model_args"]["global_pool"] == "avg" and record["preset"] == "traitlens-vit-tiny-gap"
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--backbone-preset", "vit_base_patch16_224"])
+
+
 def test_evidence_split_holds_other_images_of_the_same_classes() -> None:
     from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig
 

@@ -26,7 +26,7 @@ def _net(seed: int = 0, **kwargs) -> PromptCAM:
     return net
 
 
-def _by_hand(net: PromptCAM, x: torch.Tensor) -> torch.Tensor:
+def _by_hand(net: PromptCAM, x: torch.Tensor, norm: str = "norm") -> torch.Tensor:
     """Deep forward written out from models.md §1.2, scored as head(norm(z)[:, c])."""
     bb = net.backbone
     t = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
@@ -34,7 +34,7 @@ def _by_hand(net: PromptCAM, x: torch.Tensor) -> torch.Tensor:
     for i, blk in enumerate(bb.blocks):
         z = blk(torch.cat([prompts[i].expand(x.shape[0], -1, -1), t], dim=1))
         t = z[:, C:]
-    zn = bb.norm(z)
+    zn = getattr(bb, norm)(z)
     return torch.stack([net.head(zn[:, c]).squeeze(-1) for c in range(C)], 1)
 
 
@@ -46,6 +46,19 @@ def test_logits_recomputed_by_hand(size) -> None:
     assert torch.allclose(out.logits, _by_hand(net, x), atol=1e-10)
     assert out.maps.shape == (2, C, 4, size[0] // 4, size[1] // 4)
     assert out.logits.std(1).min() > 1e-3  # classes really differ
+
+
+def test_patch_mean_pooled_vit_scores_with_its_fc_norm() -> None:
+    """timm's 'avg' pooling moves the final norm to `fc_norm` (`norm` is Identity): the scorer must use it."""
+    net = _net(vit={"global_pool": "avg"})
+    assert isinstance(net.backbone.norm, torch.nn.Identity)
+    with torch.no_grad():  # a non-trivial affine, so skipping the norm or using another one would show
+        net.backbone.fc_norm.weight.uniform_(0.5, 2.0)
+        net.backbone.fc_norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    logits = net(x).logits
+    assert torch.allclose(logits, _by_hand(net, x, norm="fc_norm"), atol=1e-10)
+    assert not torch.allclose(logits, _by_hand(net, x, norm="norm"), atol=1e-3)
 
 
 def test_prompt_shapes_and_init_follow_vpt() -> None:

@@ -46,6 +46,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
     },
+    # The same ViT pooled by the mean of its patch tokens (timm's `_gap` models): the class evidence stays in the
+    # patch tokens up to the last block, which Prompt-CAM Deep's class prompts read (docs/models_evidence.md). The
+    # class-token model above is the one the post-hoc methods explain (CDAM, rollout and raw attention read its CLS).
+    "traitlens-vit-tiny-gap": {
+        "architecture": "vit_tiny_patch16_224",
+        "model_args": {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3,
+                       "global_pool": "avg"},
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+    },
     "traitlens-vit-micro": {
         "architecture": "vit_tiny_patch16_224",
         "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
