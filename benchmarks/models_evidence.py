@@ -14,16 +14,19 @@ Measures, on a small CPU budget and with **one** tiny ViT backbone for everythin
    ground-truth class) for several λ (`lambda_area`), and whether it shrinks monotonically as λ grows;
 4. which TraitShapes part each Prompt-CAM / INTR head prefers (`traitlens.evaluation.trait_report`, per head).
 
-Data: the backbone is pre-trained (the quickstart recipe, `QuickstartConfig`: `traitlens-vit-tiny`, 64 px, AdamW,
-one-cycle, flips and shifts) on the TraitShapes splits "train"/"val"; everything else trains and is measured on the
+Data: the backbone is pre-trained (the quickstart recipe, `QuickstartConfig`: 64 px, AdamW, one-cycle, flips and
+shifts) on the TraitShapes splits "train"/"val". Its architecture is `traitlens-vit-tiny-gap`, the quickstart ViT pooled
+by the mean of its patch tokens: Prompt-CAM Deep reads the patch tokens entering the last block, and a class-token ViT
+has moved the class evidence into its CLS token by then (docs/models_evidence.md); --backbone-preset
+traitlens-vit-tiny trains the quickstart's own class-token ViT instead; everything else trains and is measured on the
 splits "evidence-train", "evidence-val" and "evidence-test" of the same classes. TraitShapes seeds each image by (seed,
 crc32(split), index), so these are different images of the same classes.
 
 Run (--jobs 2 trains two models at a time, one torch thread each; on an idle 2-core machine the command below takes
-~9 min with a given backbone, and pre-training one here adds ~5-7 min):
+~12 min with a given backbone, and pre-training one here adds ~6 min):
 
-    python benchmarks/models_evidence.py --out runs/models_evidence [--backbone traitlens-quickstart/run/best] \
-        --train 3200 --epochs 16 --scouter-lr 3e-4 --promptcam-variants deep,shallow --jobs 2
+    python benchmarks/models_evidence.py --out runs/models_evidence [--backbone runs/gap/best] --train 3200 \
+        --epochs 16 --scouter-renorm none --promptcam-variants deep,shallow --promptcam-epochs 48 --jobs 2
 
 Budget flags: --backbone-train/--backbone-epochs (pre-training), --train/--val/--test (evidence images),
 --epochs (interpretable models), --scouter-epochs/--scouter-lr, --baseline-epochs, --eval-images,
