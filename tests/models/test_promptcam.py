@@ -230,3 +230,25 @@ def test_prompt_only_checkpoint_round_trip(tmp_path) -> None:
     assert torch.equal(back(x).logits, net(x).logits)
     with pytest.raises(ValueError, match="hash mismatch"):
         load_prompts(tmp_path / "p.safetensors", make_vit(1))
+
+
+def test_drop_path_overrides_the_backbones_stochastic_depth(tmp_path) -> None:
+    """None keeps the backbone's stochastic depth, a rate follows timm's rule rate·i/(L−1); saved with the model."""
+    from traitlens.backbones import load_model, save_model
+
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    kept = _net(vit={"drop_path_rate": 0.5, "depth": 3}).train()
+    torch.manual_seed(0)
+    first = kept(x).logits
+    assert not torch.allclose(first, kept(x).logits)  # the backbone's own drop-path is active in training
+    off = _net(vit={"drop_path_rate": 0.5, "depth": 3}, drop_path=0.0).train()
+    assert torch.equal(off(x).logits, off(x).logits)
+    assert torch.allclose(off(x).logits, off.eval()(x).logits, atol=1e-12)
+    ruled = _net(vit={"depth": 3}, drop_path=0.2)
+    assert [getattr(b.drop_path1, "drop_prob", 0.0) for b in ruled.backbone.blocks] == pytest.approx([0, 0.1, 0.2])
+    save_model(off, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.traitlens_config["backbone"]["model_args"]["drop_path_rate"] == 0.5  # rebuilt, then overridden
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in back.backbone.blocks)
+    with pytest.raises(ValueError, match="drop_path"):
+        _net(drop_path=1.5)

@@ -46,13 +46,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
     },
-    # The same ViT pooled by the mean of its patch tokens (timm's `_gap` models): the class evidence stays in the
-    # patch tokens up to the last block, which Prompt-CAM Deep's class prompts read (docs/models_evidence.md). The
-    # class-token model above is the one the post-hoc methods explain (CDAM, rollout and raw attention read its CLS).
+    # The same ViT pooled by the mean of its patch tokens (timm's `_gap` models), for Prompt-CAM Deep, whose class
+    # prompts read only the patch tokens entering the last block (docs/models_evidence.md). Stochastic depth skips
+    # the last block for 20 % of the training images (earlier blocks less), so the tokens entering it must already
+    # carry the evidence.
+    # The class-token model above is the one the post-hoc methods explain (CDAM, rollout, raw attention read CLS).
     "traitlens-vit-tiny-gap": {
         "architecture": "vit_tiny_patch16_224",
         "model_args": {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3,
-                       "global_pool": "avg"},
+                       "global_pool": "avg", "drop_path_rate": 0.2},
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
     },

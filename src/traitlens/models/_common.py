@@ -264,6 +264,19 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm:
     return feats
 
 
+def set_drop_path(vit: nn.Module, rate: float) -> None:
+    """Set a timm ViT's stochastic depth by timm's rule: block i of L drops its branches with rate·i/(L−1)."""
+    from timm.layers import DropPath
+
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path must be in [0, 1), got {rate}")
+    blocks = list(vit.blocks)
+    for i, blk in enumerate(blocks):
+        p = rate * i / max(len(blocks) - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            setattr(blk, name, DropPath(p) if p > 0 else nn.Identity())
+
+
 def check_vit_block(backbone: nn.Module, vit_block: int) -> int | None:
     """The non-negative index of ViT block `vit_block` (None for a CNN); a clear error when it does not exist."""
     if not is_vit(backbone):

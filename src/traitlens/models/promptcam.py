@@ -29,7 +29,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from traitlens.backbones.introspect import is_vit, vit_layout
 from traitlens.backbones.loading import register_builder
 from traitlens.backbones.probe import AttentionProbe, UnsupportedAttentionError
-from traitlens.models._common import InterpretableModel, ModelOutput, build_backbone
+from traitlens.models._common import InterpretableModel, ModelOutput, build_backbone, set_drop_path
 
 __all__ = [
     "HeadRanking",
@@ -73,6 +73,8 @@ class PromptCAM(InterpretableModel):
             (paper Eq. 5: the map is renormalised over the M patch keys). The forward pass is the same.
         n_agnostic_prompts: class-agnostic prompts per block (default C, as in the paper; our cost knob).
         prompt_dropout: dropout on the prompts each forward (reference preset: 0.1 DINO, 0.0 DINOv2).
+        drop_path: stochastic depth of the frozen ViT while the prompts train (reference preset: 0.1 DINO, 0.0
+            DINOv2); None keeps the backbone's own. It also skips the block holding Deep's class prompts.
         train_head: learn the shared scorer (default True; the first code release left it at its random init).
         pretrained: fetch published weights for a timm name.
         backbone_args: extra `timm.create_model` arguments, e.g. `{"dynamic_img_size": True}`.
@@ -96,6 +98,7 @@ class PromptCAM(InterpretableModel):
         attn_keys: str = "all",
         n_agnostic_prompts: int | None = None,
         prompt_dropout: float = 0.0,
+        drop_path: float | None = None,
         train_head: bool = True,
         pretrained: bool = True,
         backbone_args: dict[str, Any] | None = None,
@@ -112,6 +115,8 @@ class PromptCAM(InterpretableModel):
         if not is_vit(module) or not hasattr(module, "_pos_embed"):
             raise TypeError(f"Prompt-CAM needs a timm VisionTransformer backbone, not {type(module).__name__}")
         self.backbone = module
+        if drop_path is not None:
+            set_drop_path(module, drop_path)
         for p in self.backbone.parameters():
             p.requires_grad_(False)  # §1.3: the whole ViT is frozen
         L = len(module.blocks)
@@ -142,7 +147,8 @@ class PromptCAM(InterpretableModel):
         self.to(device=ref.device, dtype=ref.dtype)  # prompts and scorer follow the backbone's dtype and device
         self._init_common(spec, {"variant": self.variant, "class_from_block": self.class_from_block,
                                  "attn_keys": attn_keys, "n_agnostic_prompts": n_a,
-                                 "prompt_dropout": prompt_dropout, "train_head": train_head}, class_names)
+                                 "prompt_dropout": prompt_dropout, "drop_path": drop_path,
+                                 "train_head": train_head}, class_names)
 
     # -- forward -------------------------------------------------------------------------------------------------
     def _final_norm(self) -> nn.Module:
