@@ -511,8 +511,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/models_evidence"))
     p.add_argument("--backbone", type=Path, default=None,
-                   help="a saved traitlens-vit-tiny(-gap) trained on the backbone splits (e.g. "
-                        "traitlens-quickstart/run/best); default: pre-train --backbone-preset here")
+                   help="a saved traitlens-vit-tiny(-gap) trained on the backbone splits (the quickstart's "
+                        "traitlens-quickstart/run/best is the class-token one); default: pre-train --backbone-preset")
     p.add_argument("--backbone-preset", choices=["traitlens-vit-tiny-gap", "traitlens-vit-tiny"],
                    default="traitlens-vit-tiny-gap",
                    help="the architecture pre-trained here: patch-mean pooled (default; Prompt-CAM Deep reads the "
