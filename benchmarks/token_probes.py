@@ -60,19 +60,18 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 def probe_backbone(model_dir: Path, n_train: int, n_test: int, seed: int = 0) -> list[dict[str, float]]:
     """Probe accuracy per block of the saved model at `model_dir` on the TraitShapes classes of `seed`."""
     from traitlens.backbones import load_model
+    from traitlens.backbones.preprocess import normalize
     from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, materialize
 
     model = load_model(model_dir).eval()
     config = json.loads((model_dir / "config.json").read_text())
     ts = TraitShapesConfig(size=int(config["model_args"]["img_size"]), num_classes=int(config["num_classes"]),
                            seed=seed)
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
     sets = [materialize(TraitShapes(ts, split, n), 1, False)
             for split, n in zip(EVIDENCE_SPLITS, (n_train, n_test), strict=True)]
     if any(s.classes != config.get("class_names", s.classes) for s in sets):
         raise SystemExit(f"{model_dir} was trained on other TraitShapes classes than seed {seed}'s; pass its --seed")
-    feats = [block_features(model, (s.images.float() / 255 - mean) / std) for s in sets]
+    feats = [block_features(model, normalize(model, s.images.float() / 255)) for s in sets]
     rows = []
     for block, (tr, te) in enumerate(zip(*feats, strict=True)):
         rows.append({"block": block, **{kind: linear_probe_accuracy(tr[kind], sets[0].labels, te[kind], sets[1].labels)

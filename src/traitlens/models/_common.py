@@ -35,6 +35,7 @@ __all__ = [
     "check_vit_block",
     "freeze_stages",
     "rebuild_backbone",
+    "set_drop_path",
     "sine_position_encoding",
 ]
 
