@@ -18,6 +18,7 @@ import torch
 from traitlens.backbones import load_model
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, materialize
 from traitlens.evaluation import leaderboard
+from traitlens.models import list_model_kinds
 from traitlens.quickstart import QuickstartConfig
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.quickstart / "run" / "best")
-    natives = {kind: load_model(args.quickstart / kind / "best") for kind in ("promptcam", "intr", "scouter")
+    natives = {kind: load_model(args.quickstart / kind / "best") for kind in list_model_kinds()
                if (args.quickstart / kind / "best").is_dir()}
     qs = QuickstartConfig()
     config = TraitShapesConfig(size=qs.size, num_classes=qs.num_classes, seed=qs.seed)

@@ -319,7 +319,7 @@ def _scouter_area(net, dataset, n: int, batch_size: int = 256) -> dict[str, floa
             break
         images, labels = images[: n - seen], labels[: n - seen]
         seen += len(labels)
-        maps = net(normalize(net, images)).maps
+        maps = net.forward_maps(normalize(net, images)).maps
         areas.append(gt_class_area(maps, labels))
         raw.append(maps[torch.arange(len(labels)), labels].flatten(1).mean(1))
     a, r = torch.cat(areas).double(), torch.cat(raw).double()

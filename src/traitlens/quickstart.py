@@ -18,24 +18,15 @@ import torch
 from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
+from traitlens.models import get_model_kind, list_model_kinds
 from traitlens.report import HtmlReport
 from traitlens.train import FitConfig, evaluate_accuracy, fit
 from traitlens.viz import figure_png, head_grid, method_grid
 
 __all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_quickstart"]
 
-#: Small heads for the CPU quickstart (the references' DETR-sized INTR is ~50× the cost of this tiny ViT).
-QUICK_MODEL_OPTIONS: dict[str, dict] = {
-    # The frozen ViT's stochastic depth stays off while the prompts train: on a 4-block ViT pre-trained with it
-    # (`traitlens-vit-tiny-gap`) it skips the block holding Deep's class prompts for 20 % of the images.
-    "promptcam": {"drop_path": 0.0},
-    "intr": {"hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256},
-    # Both renormalisations scale D by about the slot count S (the slots share their init mean), which saturates the
-    # sigmoid from the start. Measured on a quickstart ViT, 3 epochs on 1,200 images: 'abs' (the earlier choice) trained
-    # to 11-37 % in 7 of 9 runs (loss stuck at ln C + λ), 'none' to 73-76 % (2 of 2 slot seeds).
-    # benchmarks/models_evidence.py trains the renormalised variants for 16 epochs.
-    "scouter": {"renorm": "none"},
-}
+#: The small CPU variant of each interpretable model (each kind's registered `quick_options`).
+QUICK_MODEL_OPTIONS: dict[str, dict] = {k: dict(get_model_kind(k).quick_options) for k in list_model_kinds()}
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ def test_save_load_round_trip(kind, tmp_path) -> None:
     loaded = load_model(tmp_path / "m")
     assert type(loaded) is type(net) and not loaded.training
     x = torch.rand(2, 3, 32, 32)
-    a, b = net(x), loaded(x)
+    a, b = net.forward_output(x), loaded.forward_output(x)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.maps, b.maps)
     assert loaded.class_names == NAMES
     assert loaded.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
@@ -105,7 +105,7 @@ def test_predict_matches_forward_and_accepts_files(tmp_path) -> None:
     Image.fromarray(img.numpy()).save(tmp_path / "x.png")
     p = net.predict(tmp_path / "x.png")
     x = tl.normalize(net, img.permute(2, 0, 1)[None].float() / 255)
-    assert torch.allclose(p.logits, net(x).logits[0], atol=1e-5)
+    assert torch.allclose(p.logits, net(x)[0], atol=1e-5)
 
 
 def test_native_method_targets_and_errors() -> None:
@@ -114,7 +114,7 @@ def test_native_method_targets_and_errors() -> None:
     x = torch.rand(2, 3, 32, 32)
     exp = tl.explain(net, x, method="native", target=["b", "c"])
     assert exp.targets.tolist() == [[1], [2]] and exp.target_names == [["b"], ["c"]]
-    out = net(x)
+    out = net.forward_output(x)
     assert torch.allclose(exp.head_maps[0, 0], out.maps[0, 1]) and exp.maps.shape == (2, 1, 32, 32)
     ranked = tl.explain(net, x, method="native", target=1, top_heads=1)
     assert (ranked.extras["head_weights"].sum(-1) == 1).all()
@@ -150,7 +150,7 @@ def test_build_interpretable_and_recipes() -> None:
 
 
 def test_vit_block_reads_an_earlier_block_and_survives_save_load(tmp_path) -> None:
-    from traitlens.models._common import backbone_features
+    from traitlens.models.backbone import backbone_features
 
     torch.manual_seed(0)
     backbone = create_preset("traitlens-vit-micro", 0).eval()
@@ -166,7 +166,7 @@ def test_vit_block_reads_an_earlier_block_and_survives_save_load(tmp_path) -> No
     net = SCOUTER(backbone, 3, hidden_dim=8, vit_block=-2, class_names=NAMES).eval()
     save_model(net, tmp_path / "s")
     loaded = load_model(tmp_path / "s")
-    assert loaded.vit_block == -2 and torch.equal(loaded(x).maps, net(x).maps)
+    assert loaded.vit_block == -2 and torch.equal(loaded.forward_output(x).maps, net.forward_output(x).maps)
 
 
 @pytest.mark.parametrize("kind", ["intr", "scouter"])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.models import PromptCAM, rank_heads, top_fraction_region, trait_removal
-from traitlens.models.promptcam import gaussian_blur, noisy_linear_impute
+from traitlens.models.trait_removal import gaussian_blur, noisy_linear_impute
 
 from . import make_vit, one_thread  # noqa: F401  (autouse fixture)
 
@@ -42,7 +42,7 @@ def _by_hand(net: PromptCAM, x: torch.Tensor, norm: str = "norm") -> torch.Tenso
 def test_logits_recomputed_by_hand(size) -> None:
     net = _net(vit={"dynamic_img_size": True})
     x = torch.randn(2, 3, *size, dtype=torch.float64)
-    out = net(x)
+    out = net.forward_output(x)
     assert torch.allclose(out.logits, _by_hand(net, x), atol=1e-10)
     assert out.maps.shape == (2, C, 4, size[0] // 4, size[1] // 4)
     assert out.logits.std(1).min() > 1e-3  # classes really differ
@@ -56,7 +56,7 @@ def test_patch_mean_pooled_vit_scores_with_its_fc_norm() -> None:
         net.backbone.fc_norm.weight.uniform_(0.5, 2.0)
         net.backbone.fc_norm.bias.uniform_(-1.0, 1.0)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    logits = net(x).logits
+    logits = net(x)
     assert torch.allclose(logits, _by_hand(net, x, norm="fc_norm"), atol=1e-10)
     assert not torch.allclose(logits, _by_hand(net, x, norm="norm"), atol=1e-3)
 
@@ -74,7 +74,7 @@ def test_one_step_changes_only_prompts_and_head() -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
     x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
-    net.loss(net(x), y).backward()
+    net.loss(net.forward_output(x), y).backward()
     assert {n for n, p in net.named_parameters() if p.grad is not None} == {
         "agnostic_prompts", "class_prompts", "head.weight", "head.bias"}
     opt.step()
@@ -93,12 +93,12 @@ def test_train_head_false_freezes_the_scorer() -> None:
 def test_permuting_prompts_permutes_logits_and_maps() -> None:
     net = _net()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    out = net(x)
+    out = net.forward_output(x)
     perm = torch.tensor([3, 0, 4, 1, 2])
     with torch.no_grad():
         net.class_prompts.copy_(net.class_prompts[perm])
         net.agnostic_prompts.copy_(net.agnostic_prompts[:, perm])
-    out2 = net(x)
+    out2 = net.forward_output(x)
     assert torch.allclose(out2.logits, out.logits[:, perm], atol=1e-10)
     assert torch.allclose(out2.maps, out.maps[:, perm], atol=1e-10)
 
@@ -107,7 +107,7 @@ def test_shared_scorer_identical_prompts_give_identical_logits_and_maps() -> Non
     net = _net()
     with torch.no_grad():
         net.class_prompts[3] = net.class_prompts[1]
-    out = net(torch.randn(2, 3, 16, 16, dtype=torch.float64))
+    out = net.forward_output(torch.randn(2, 3, 16, 16, dtype=torch.float64))
     assert torch.allclose(out.logits[:, 3], out.logits[:, 1], atol=1e-12)
     assert torch.allclose(out.maps[:, 3], out.maps[:, 1], atol=1e-12)
     assert not torch.allclose(out.logits[:, 0], out.logits[:, 1])
@@ -115,11 +115,11 @@ def test_shared_scorer_identical_prompts_give_identical_logits_and_maps() -> Non
 
 def test_attention_rows_sum_to_one_and_patches_renormalise() -> None:
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    out = _net()(x)
+    out = _net().forward_output(x)
     rows = out.aux["prompt_attention"]  # [B,R,C,C+N]
     assert torch.allclose(rows.sum(-1), torch.ones_like(rows.sum(-1)))
     assert (out.maps.sum((-2, -1)) < 1 - 1e-3).all()  # prompts, CLS and other prompts take a share
-    maps = _net(attn_keys="patches")(x).maps
+    maps = _net(attn_keys="patches").forward_output(x).maps
     assert torch.allclose(maps.sum((-2, -1)), torch.ones(2, C, 4, dtype=torch.float64))
     assert torch.allclose(maps, out.maps / out.maps.sum((-2, -1), keepdim=True))
 
@@ -128,11 +128,11 @@ def test_shallow_and_interpolated_variants() -> None:
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
     shallow = _net(variant="shallow")
     assert shallow.agnostic_prompts.shape[0] == 0 and shallow.class_from_block == 0
-    assert shallow(x).logits.shape == (1, C)
+    assert shallow(x).shape == (1, C)
     bb = make_vit(depth=3)
     mid = PromptCAM(bb, C, variant="interpolated", class_from_block=1, n_agnostic_prompts=2).double().eval()
     assert mid.agnostic_prompts.shape == (1, 2, 16) and mid.variant == "interpolated"
-    assert mid(x).maps.shape == (1, C, 4, 4, 4)
+    assert mid.forward_output(x).maps.shape == (1, C, 4, 4, 4)
     with pytest.raises(ValueError, match="class_from_block"):
         PromptCAM(make_vit(), C, variant="interpolated")
 
@@ -140,7 +140,7 @@ def test_shallow_and_interpolated_variants() -> None:
 def test_blurring_row_c_changes_only_s_c() -> None:
     net = _net()
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
-    base = net(x, return_maps=True).logits
+    base = net.forward_maps(x).logits
     for blur in ("all", "patches"):
         blurred = net.blurred_logits(x, 2, [0, 3], blur=blur)
         others = [0, 1, 3, 4]
@@ -168,7 +168,7 @@ def test_ranking_prob_equals_logit_and_matches_full_forward() -> None:
 def test_ranking_keep_all_heads_and_until_misclassified() -> None:
     net = _net()
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
-    pred = int(net(x).logits.argmax())
+    pred = int(net(x).argmax())
     full = rank_heads(net, x, pred, k=4)
     assert full.num_kept.tolist() == [4] and full.evaluations == 4
     paper = rank_heads(net, x, pred, stop="until_misclassified", blur="patches")
@@ -184,7 +184,7 @@ def test_trait_removal_identity_substrate_and_mass() -> None:
     region[:, :8, :8] = True  # the top-left 2×2 patches
     same = trait_removal(net, x, [0, 1], region, substrate=x)
     assert torch.equal(same.delta_score, torch.zeros(2, dtype=torch.float64))
-    maps = net(x).maps
+    maps = net.forward_output(x).maps
     expected = maps[[0, 1], [0, 1]][..., :2, :2].sum((-2, -1)) / maps[[0, 1], [0, 1]].sum((-2, -1))
     assert torch.allclose(same.mass_before, expected)
     assert same.region_patches[0].sum() == 4
@@ -217,17 +217,17 @@ def test_frozen_fixed_size_vit_and_errors() -> None:
         PromptCAM(make_vit(), C, attn_keys="cls")
     net = _net()
     assert all(not p.requires_grad for p in net.backbone.parameters())
-    assert F.softmax(net(torch.randn(1, 3, 16, 16, dtype=torch.float64)).logits, -1).sum().item() == pytest.approx(1)
+    assert F.softmax(net(torch.randn(1, 3, 16, 16, dtype=torch.float64)), -1).sum().item() == pytest.approx(1)
 
 
 def test_prompt_only_checkpoint_round_trip(tmp_path) -> None:
-    from traitlens.models.promptcam import load_prompts, save_prompts
+    from traitlens.models.prompt_checkpoint import load_prompts, save_prompts
 
     net = _net()
     save_prompts(net, tmp_path / "p.safetensors")
     back = load_prompts(tmp_path / "p.safetensors", make_vit(0))
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    assert torch.equal(back(x).logits, net(x).logits)
+    assert torch.equal(back(x), net(x))
     with pytest.raises(ValueError, match="hash mismatch"):
         load_prompts(tmp_path / "p.safetensors", make_vit(1))
 
@@ -239,11 +239,11 @@ def test_drop_path_overrides_the_backbones_stochastic_depth(tmp_path) -> None:
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     kept = _net(vit={"drop_path_rate": 0.5, "depth": 3}).train()
     torch.manual_seed(0)
-    first = kept(x).logits
-    assert not torch.allclose(first, kept(x).logits)  # the backbone's own drop-path is active in training
+    first = kept(x)
+    assert not torch.allclose(first, kept(x))  # the backbone's own drop-path is active in training
     off = _net(vit={"drop_path_rate": 0.5, "depth": 3}, drop_path=0.0).train()
-    assert torch.equal(off(x).logits, off(x).logits)
-    assert torch.allclose(off(x).logits, off.eval()(x).logits, atol=1e-12)
+    assert torch.equal(off(x), off(x))
+    assert torch.allclose(off(x), off.eval()(x), atol=1e-12)
     ruled = _net(vit={"depth": 3}, drop_path=0.2)
     assert [getattr(b.drop_path1, "drop_prob", 0.0) for b in ruled.backbone.blocks] == pytest.approx([0, 0.1, 0.2])
     save_model(off, tmp_path / "m")

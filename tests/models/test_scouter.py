@@ -22,7 +22,7 @@ def _net(e: int = 1, seed: int = 0, backbone=None, **kwargs) -> SCOUTER:
 
 def test_logit_is_attention_weighted_feature_mass() -> None:
     net = _net()
-    out = net(torch.randn(2, 3, 16, 16))
+    out = net.forward_output(torch.randn(2, 3, 16, 16))
     A, V = out.aux["slot_attention"], out.aux["values"]  # [B,S,L], [B,L,d]
     by_hand = (1 / 8) * (A * V.sum(-1)[:, None, :]).sum(-1)
     assert torch.allclose(out.logits, by_hand, atol=1e-6)
@@ -34,7 +34,7 @@ def test_negative_sign_exactly_negates_and_area_loss_by_hand() -> None:
     pos, neg = _net(e=1), _net(e=-1)
     neg.load_state_dict(pos.state_dict())
     x = torch.randn(2, 3, 16, 16)
-    out_p, out_n = pos(x), neg(x)
+    out_p, out_n = pos.forward_output(x), neg.forward_output(x)
     assert torch.equal(out_n.logits, -out_p.logits)
     assert torch.equal(out_n.maps, out_p.maps)  # the evidence is the same; only its sign convention differs
     hand = torch.tensor([[[0.2, 0.4], [0.6, 0.8]]])  # mean 0.5
@@ -51,10 +51,11 @@ def test_negative_sign_exactly_negates_and_area_loss_by_hand() -> None:
 
 def test_grids_are_read_at_run_time() -> None:
     cnn = _net(backbone=make_cnn())
-    assert cnn(torch.randn(1, 3, 224, 224)).maps.shape == (1, N, 7, 7)  # the reference crashes here (9×9)
-    assert cnn(torch.randn(1, 3, 260, 260)).maps.shape == (1, N, 9, 9)
+    # the reference crashes here (9×9)
+    assert cnn.forward_output(torch.randn(1, 3, 224, 224)).maps.shape == (1, N, 7, 7)
+    assert cnn.forward_output(torch.randn(1, 3, 260, 260)).maps.shape == (1, N, 9, 9)
     vit = _net(backbone=make_vit(dtype=torch.float32, dynamic_img_size=True))
-    assert vit(torch.randn(1, 3, 12, 20)).maps.shape == (1, N, 3, 5)
+    assert vit.forward_output(torch.randn(1, 3, 12, 20)).maps.shape == (1, N, 3, 5)
 
 
 def test_zero_row_sum_is_guarded_and_slot_init_is_reproducible() -> None:
@@ -64,7 +65,7 @@ def test_zero_row_sum_is_guarded_and_slot_init_is_reproducible() -> None:
             if isinstance(m, torch.nn.Linear):
                 m.weight.zero_()
                 m.bias.zero_()  # K = 0 → D = 0 → every row sum is 0
-    out = net(torch.randn(2, 3, 16, 16))
+    out = net.forward_output(torch.randn(2, 3, 16, 16))
     assert torch.isfinite(out.logits).all()
     assert torch.allclose(out.aux["slot_attention"], torch.full_like(out.aux["slot_attention"], 0.5))
     a = XSlotAttention(6, 8, generator=torch.Generator().manual_seed(3))
@@ -89,7 +90,7 @@ def test_renormalisation_by_hand() -> None:
 
 def test_slots_per_class_sum_and_joint_normalisation() -> None:
     net = _net(slots_per_class=2)
-    out = net(torch.randn(2, 3, 16, 16))
+    out = net.forward_output(torch.randn(2, 3, 16, 16))
     A = out.aux["slot_attention"].view(2, N, 2, 4, 4)
     assert torch.allclose(out.maps, A[:, :, 0] + A[:, :, 1])
     assert (out.maps < 2).all() and (out.maps > 0).all()

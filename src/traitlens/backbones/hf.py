@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from traitlens.backbones.loading import ModelLoadError, _attach, register_builder
+from traitlens.backbones.builders import ModelLoadError, attach_config, register_builder
 
 __all__ = ["from_hf_vit", "load_hf_vit"]
 
@@ -98,7 +98,7 @@ def from_hf_vit(hf_model: nn.Module, class_names: list[str] | None = None) -> Vi
                                 "num_hidden_layers", "num_attention_heads", "intermediate_size", "qkv_bias",
                                 "layer_norm_eps", "hidden_act") if k in cfg}
     # ViTImageProcessor normalises with mean = std = 0.5.
-    return _attach(model, {"kind": "hf-vit", "hf_config": keep, "num_classes": cfg["num_labels"],
+    return attach_config(model, {"kind": "hf-vit", "hf_config": keep, "num_classes": cfg["num_labels"],
                            "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "class_names": names}).eval()
 
 

@@ -10,7 +10,6 @@ import difflib
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,18 @@ import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from traitlens._io import atomic_write
+from traitlens.backbones.builders import ModelLoadError, attach_config, get_builder, register_builder
+from traitlens.backbones.hf import load_hf_vit
 from traitlens.backbones.packaged import imagenet_class_names, load_packaged, packaged_weights_for
 
 __all__ = [
     "PRESETS",
     "ModelLoadError",
     "create_preset",
+    "create_timm",
     "load_model",
     "load_state_dict_file",
     "register_builder",
@@ -68,33 +71,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be built or its weights could not be loaded; the message names the cause."""
-
-
-Builder = Callable[[dict[str, Any]], nn.Module]
-_BUILDERS: dict[str, Builder] = {}
-
-
-def register_builder(kind: str) -> Callable[[Builder], Builder]:
-    """Register how to rebuild a saved model of `kind` from its `config.json` (used by `models/`)."""
-
-    def deco(fn: Builder) -> Builder:
-        _BUILDERS[kind] = fn
-        return fn
-
-    return deco
-
-
 @register_builder("timm")
 def _build_timm(config: dict[str, Any]) -> nn.Module:
     args = dict(config.get("model_args", {}))
     if config.get("num_classes") is not None:
         args["num_classes"] = config["num_classes"]
-    return _create_timm(config["architecture"], pretrained=False, **args)
+    return create_timm(config["architecture"], pretrained=False, **args)
 
 
-def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+def create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     if not name.startswith("hf-hub:") and not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -118,20 +103,7 @@ def create_preset(name: str, num_classes: int, class_names: list[str] | None = N
     config = {"kind": "timm", "architecture": preset["architecture"], "model_args": preset["model_args"],
               "num_classes": num_classes, "mean": preset["mean"], "std": preset["std"],
               "class_names": class_names}
-    return _attach(_build_timm(config), config)
-
-
-def _attach(model: nn.Module, config: dict[str, Any]) -> nn.Module:
-    """Record the rebuild config, class names and mean/std on the model so saving and preprocessing work."""
-    model.traitlens_config = {k: v for k, v in config.items() if k != "class_names"}
-    if config.get("class_names"):
-        model.class_names = list(config["class_names"])
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    if config.get("mean") is not None:
-        cfg["mean"] = tuple(config["mean"])
-        cfg["std"] = tuple(config["std"])
-    model.pretrained_cfg = cfg
-    return model
+    return attach_config(_build_timm(config), config)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -177,25 +149,10 @@ def _load_dir(path: Path, num_classes: int | None) -> nn.Module:
         raise ModelLoadError(
             f"{path} was saved with num_classes={config.get('num_classes')}, not {num_classes}"
         )
-    kind = config.get("kind", "timm")
-    if kind not in _BUILDERS:
-        _import_model_builders()
-        if kind == "hf-vit":
-            import traitlens.backbones.hf  # noqa: F401  (registers the builder)
-    if kind not in _BUILDERS:
-        raise ModelLoadError(f"{config_path}: unknown model kind '{kind}'")
-    model = _attach(_BUILDERS[kind](config), config)
+    model = attach_config(get_builder(config.get("kind", "timm"), str(config_path))(config), config)
     weights = path / WEIGHTS_NAME
     _load_weights(model, load_state_dict_file(weights), str(weights))
     return model
-
-
-def _import_model_builders() -> None:
-    """Importing `traitlens.models` registers the builders of the interpretable models."""
-    try:
-        import traitlens.models  # noqa: F401
-    except ImportError:  # pragma: no cover - models package is optional at this layer
-        log.debug("traitlens.models not importable", exc_info=True)
 
 
 def load_model(
@@ -236,11 +193,9 @@ def load_model(
                 f"{path} is a weights file without {sidecar.name}; pass the architecture name with checkpoint={path}"
             )
         config = json.loads(sidecar.read_text())
-        model = _attach(_BUILDERS[config.get("kind", "timm")](config), config)
+        model = attach_config(get_builder(config.get("kind", "timm"), str(sidecar))(config), config)
         _load_weights(model, load_state_dict_file(path), str(path))
     elif str(name_or_path).startswith("hf:"):
-        from traitlens.backbones.hf import load_hf_vit
-
         model = load_hf_vit(str(name_or_path)[3:])
     elif str(name_or_path) in PRESETS:
         if num_classes is None:
@@ -261,8 +216,8 @@ def load_model(
             if class_names is None and model.num_classes == 1000:
                 class_names = imagenet_class_names()
         else:
-            model = _create_timm(name, pretrained=pretrained, **args)
-        _attach(model, {"kind": "timm", "architecture": name.split(".")[0] if packaged else name,
+            model = create_timm(name, pretrained=pretrained, **args)
+        attach_config(model, {"kind": "timm", "architecture": name.split(".")[0] if packaged else name,
                         "model_args": model_args, "num_classes": getattr(model, "num_classes", num_classes),
                         "class_names": class_names})
     if checkpoint is not None:
@@ -285,8 +240,8 @@ def save_model(model: nn.Module, out_dir: str | Path, extra: dict[str, Any] | No
         config = {"kind": "timm", "architecture": arch, "model_args": {},
                   "num_classes": getattr(model, "num_classes", None)}
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    config.setdefault("mean", list(cfg.get("mean", (0.485, 0.456, 0.406))))
-    config.setdefault("std", list(cfg.get("std", (0.229, 0.224, 0.225))))
+    config.setdefault("mean", list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)))
+    config.setdefault("std", list(cfg.get("std", IMAGENET_DEFAULT_STD)))
     if getattr(model, "class_names", None):
         config["class_names"] = list(model.class_names)
     config.update(extra or {})

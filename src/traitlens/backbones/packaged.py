@@ -18,6 +18,8 @@ import timm
 import torch
 import torch.nn as nn
 
+from traitlens.backbones.builders import ModelLoadError
+
 __all__ = ["PACKAGED_WEIGHTS", "PackagedWeights", "imagenet_class_names", "load_packaged", "packaged_weights_for"]
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ def load_packaged(entry: PackagedWeights, num_classes: int | None = None, **mode
     every pair is shape-checked. With `num_classes` other than 1000 the classifier is left freshly
     initialised (a new head on the pretrained trunk). `model_args` go to `timm.create_model`.
     """
-    from traitlens.backbones.loading import ModelLoadError
-
     state = torch.load(str(entry.path()), map_location="cpu", weights_only=True)
     model = timm.create_model(entry.architecture, pretrained=False, **model_args)
     own = model.state_dict()

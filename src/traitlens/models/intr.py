@@ -7,7 +7,8 @@ is the native map. Module names follow DETR (`transformer.encoder.layers.i.self_
 
 Example:
     >>> net = INTR("resnet50", num_classes=200)  # doctest: +SKIP
-    >>> out = net.eval()(x)  # out.logits [B,200], out.maps [B,200,8,h,w]  # doctest: +SKIP
+    >>> logits = net.eval()(x)  # [B,200]  # doctest: +SKIP
+    >>> out = net.forward_maps(x)  # out.logits [B,200], out.maps [B,200,8,h,w]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from traitlens.backbones.loading import ModelLoadError, load_state_dict_file, register_builder
-from traitlens.models._common import (
-    InterpretableModel,
-    ModelOutput,
+from traitlens.backbones.loading import ModelLoadError, load_state_dict_file
+from traitlens.models.backbone import (
     backbone_channels,
     backbone_features,
     build_backbone,
     check_vit_block,
     freeze_stages,
-    sine_position_encoding,
 )
+from traitlens.models.base import InterpretableModel
+from traitlens.models.outputs import ModelOutput
+from traitlens.models.position import sine_position_encoding
+from traitlens.models.registry import register_model_kind
+from traitlens.train import FitConfig
 
 __all__ = ["INTR", "resize_queries", "similar_class_targets"]
 
@@ -148,6 +151,27 @@ def similar_class_targets(logits: torch.Tensor, labels: torch.Tensor | None = No
     return torch.stack(rows)
 
 
+@register_model_kind(
+    "intr",
+    summary="one decoder query per class; query c's cross-attention is class c's map, per head",
+    recipes={
+        # The reference (§2.4): AdamW lr 5e-5 (backbone 1e-5 via INTR.param_groups), wd 1e-6, 140 epochs,
+        # batch 12 × 4, grad clip 0.1; it keeps the last epoch.
+        "reference": FitConfig(epochs=140, mode="model", optimizer="adamw", lr=5e-5, weight_decay=1e-6,
+                               schedule="constant", batch_size=48, label_smoothing=0.0, grad_clip=0.1, seed=42,
+                               selection="last"),
+        "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=1e-6,
+                           schedule="onecycle", batch_size=64, label_smoothing=0.0, grad_clip=0.1, seed=0,
+                           selection="val"),
+    },
+    # Small heads for a CPU: the reference's DETR-sized transformer costs ~50× a tiny ViT.
+    quick_options={"hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256},
+    notes=(
+        "backbone lr 1e-5 needs INTR.param_groups(cfg) in the trainer's optimizer",
+        "reference StepLR ×0.1 at epoch 80 is not a fit schedule ('constant' here)",
+        "reference augmentation (multi-scale resize, random crop) and variable-size padded batches are data-side",
+    ),
+)
 class INTR(InterpretableModel):
     """INTR: one decoder query per class, a shared presence vector, per-head cross-attention maps (models.md §2).
 
@@ -173,7 +197,6 @@ class INTR(InterpretableModel):
         class_names: names of the C classes.
     """
 
-    kind = "intr"
     reference_selection = "last"
 
     def __init__(
@@ -279,20 +302,28 @@ class INTR(InterpretableModel):
         """Logits from a feature map (for post-hoc methods such as classic Grad-CAM)."""
         return self.forward_transformer(features, return_maps=False).logits
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None,
-                return_maps: bool | None = None) -> ModelOutput:
+    def forward_output(self, images: torch.Tensor, return_maps: bool | None = None,
+                       mask: torch.Tensor | None = None) -> ModelOutput:
         """Logits [B,C] and, in eval mode or when asked, per-head maps [B,C,R,h,w] on the backbone grid.
 
         Args:
             images: [B,3,H,W] in the backbone's input space.
-            mask: bool [B,H,W] pixel padding mask (True = padding), resized to the grid with nearest.
             return_maps: None = only in eval mode.
+            mask: bool [B,H,W] pixel padding mask (True = padding), resized to the grid with nearest.
         """
         want = (not self.training) if return_maps is None else return_maps
         feats = self.forward_features(images)
         if mask is not None:
             mask = F.interpolate(mask[:, None].float(), size=feats.shape[-2:], mode="nearest")[:, 0].bool()
         return self.forward_transformer(feats, mask, want)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B,C] (`mask` as in `forward_output`); the maps are not computed."""
+        return self.forward_output(images, return_maps=False, mask=mask).logits
+
+    def forward_maps(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
+        """Logits and the per-head maps of all C classes, in any mode (`mask` as in `forward_output`)."""
+        return self.forward_output(images, return_maps=True, mask=mask)
 
     # -- training ------------------------------------------------------------------------------------------------
     def param_groups(self, cfg: Any) -> list[dict[str, Any]]:
@@ -342,9 +373,3 @@ class INTR(InterpretableModel):
         self.load_state_dict(new, strict=False)
         log.info("loaded %d tensors from DETR checkpoint %s", len(new), path)
         return sorted(new)
-
-
-@register_builder("intr")
-def _build(config: dict[str, Any]) -> INTR:
-    return INTR(config["backbone"], config["num_classes"], **config.get("options", {}),
-                class_names=config.get("class_names"))

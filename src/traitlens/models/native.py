@@ -15,7 +15,7 @@ from traitlens.explain._base import Explainer
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
-from traitlens.models._common import InterpretableModel
+from traitlens.models.base import InterpretableModel
 
 __all__ = ["NativeMaps"]
 
@@ -67,7 +67,7 @@ class NativeMaps(Explainer):
 
     @torch.no_grad()
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        out = self.model.native_maps(images)
+        out = self.model.forward_maps(images)
         logits, maps = out.logits, out.maps
         targets = target.resolve(logits)
         B, K = targets.shape
@@ -95,7 +95,8 @@ class NativeMaps(Explainer):
                            extras={"head_weights": weights})
 
     def _ranked_weights(self, images: torch.Tensor, targets: torch.Tensor, R: int) -> torch.Tensor:
-        from traitlens.models.promptcam import PromptCAM, rank_heads
+        from traitlens.models.head_ranking import rank_heads
+        from traitlens.models.promptcam import PromptCAM
 
         if not isinstance(self.model, PromptCAM):
             raise ValueError("top_heads (ranking by blurring) is defined for Prompt-CAM only")

@@ -1,61 +1,91 @@
 """Prompt-CAM (Chowdhury et al., CVPR 2025, arXiv 2501.09333; models.md §1) on any timm ViT.
 
 Class-specific prompts in front of a **frozen** ViT and one shared scorer. Prompt c's last-block attention to
-the patches is the native map of class c, per head. Also here: head ranking by blurring (§1.5) and the
-trait-removal analysis (§1.6).
+the patches is the native map of class c, per head. Head ranking by blurring (§1.5) is in `head_ranking`, the
+trait-removal analysis (§1.6) in `trait_removal`, prompt-only checkpoints (§1.3) in `prompt_checkpoint`.
 
 Example:
     >>> net = PromptCAM("vit_small_patch16_224.dino", num_classes=200)  # doctest: +SKIP
-    >>> out = net.eval()(x)  # out.logits [B,200], out.maps [B,200,6,14,14]  # doctest: +SKIP
+    >>> logits = net.eval()(x)  # [B,200]  # doctest: +SKIP
+    >>> out = net.forward_maps(x)  # out.logits [B,200], out.maps [B,200,6,14,14]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 from timm.models.vision_transformer import Block as TimmBlock
 
 from traitlens.backbones.introspect import is_vit, vit_layout
-from traitlens.backbones.loading import register_builder
 from traitlens.backbones.probe import AttentionProbe, UnsupportedAttentionError
-from traitlens.models._common import InterpretableModel, ModelOutput, build_backbone, set_drop_path
+from traitlens.models.backbone import build_backbone, set_drop_path
+from traitlens.models.base import InterpretableModel
+from traitlens.models.outputs import ModelOutput
+from traitlens.models.registry import register_model_kind
+from traitlens.train import FitConfig
 
-__all__ = [
-    "HeadRanking",
-    "PromptCAM",
-    "TraitRemoval",
-    "backbone_hash",
-    "gaussian_blur",
-    "load_prompts",
-    "noisy_linear_impute",
-    "rank_heads",
-    "save_prompts",
-    "top_fraction_region",
-    "trait_head_matrix",
-    "trait_removal",
-]
+__all__ = ["ATTN_KEYS", "BLURS", "VARIANTS", "PromptCAM"]
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("deep", "shallow", "interpolated")
 ATTN_KEYS = ("all", "patches")
 BLURS = ("all", "patches")
-CRITERIA = ("prob", "logit")
-STOPS = ("keep_k", "until_misclassified")
-SUBSTRATES = ("blur", "mean", "road")
+
+#: Names that lived here before the module was split, and where they live now (still importable from here).
+_MOVED = {
+    "HeadRanking": "head_ranking", "rank_heads": "head_ranking", "CRITERIA": "head_ranking", "STOPS": "head_ranking",
+    "TraitRemoval": "trait_removal", "trait_removal": "trait_removal", "trait_head_matrix": "trait_removal",
+    "top_fraction_region": "trait_removal", "gaussian_blur": "trait_removal", "noisy_linear_impute": "trait_removal",
+    "SUBSTRATES": "trait_removal",
+    "backbone_hash": "prompt_checkpoint", "save_prompts": "prompt_checkpoint", "load_prompts": "prompt_checkpoint",
+    "PROMPT_KEYS": "prompt_checkpoint",
+}
 
 
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module = f"traitlens.models.{_MOVED[name]}"
+        warnings.warn(f"traitlens.models.promptcam.{name} moved to {module}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register_model_kind(
+    "promptcam",
+    summary="class prompts on a frozen ViT; prompt c's last-block attention is class c's map, per head",
+    recipes={
+        # The reference, DINO ViT-B/16 on CUB (§1.7): SGD 0.9, wd 1e-3, lr 5e-3, cosine with 20 warm-up epochs,
+        # 130 epochs on CUB (100 elsewhere), batch 16 × 4 GPUs, CE only.
+        "reference": FitConfig(epochs=130, mode="model", optimizer="sgd", lr=5e-3, weight_decay=1e-3,
+                               schedule="cosine", warmup_epochs=20, batch_size=64, label_smoothing=0.0, seed=42,
+                               selection="val"),
+        # Tiny TraitShapes backbones on 2 CPU cores. lr 3e-2: the few prompt parameters underfit at 1e-2
+        # (docs/models_evidence.md, "Deep Prompt-CAM: learning rate").
+        "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=3e-2, weight_decay=0.0,
+                           schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
+    },
+    # The frozen ViT's stochastic depth stays off while the prompts train: on a backbone pre-trained with it
+    # (`traitlens-vit-tiny-gap`) it would skip the block holding Deep's class prompts.
+    quick_options={"drop_path": 0.0},
+    notes=(
+        "reference cosine steps per epoch with lr_min 1e-6 and a warm-up from 0 (DINOv2: from 1e-6); fit's cosine "
+        "steps per batch down to 0",
+        "reference selects the best top-1 on its test split: pass the test split as val_set for parity",
+        "reference preset: prompt_dropout=0.1 and drop_path 0.1 for DINO (0.0/0.0 for DINOv2), "
+        "mean = std = 0.5 for every backbone, train Resize(240)→RandomCrop(224)→HFlip",
+        "lr 1e-2 for Cars and Birds-525; DINOv2 CUB 1e-3",
+    ),
+)
 class PromptCAM(InterpretableModel):
     """Prompt-CAM: per-class prompts on a frozen timm ViT with a shared scorer (models.md §1.1–1.4).
 
@@ -86,7 +116,6 @@ class PromptCAM(InterpretableModel):
         head: the shared `Linear(D, 1)` scorer.
     """
 
-    kind = "promptcam"
     reference_selection = "best_val"  # the reference keeps the best top-1 measured on its test split
 
     def __init__(
@@ -185,7 +214,7 @@ class PromptCAM(InterpretableModel):
         """Shared scorer on class-prompt outputs: head(norm(z)), [..., C, D] → [..., C] (or [..., D] → [...])."""
         return self.head(self._final_norm()(z)).squeeze(-1)
 
-    def forward(self, images: torch.Tensor, return_maps: bool | None = None) -> ModelOutput:
+    def forward_output(self, images: torch.Tensor, return_maps: bool | None = None) -> ModelOutput:
         """Logits [B,C] and, in eval mode or when asked, maps [B,C,R,g_h,g_w] (§1.2).
 
         Args:
@@ -312,385 +341,3 @@ class PromptCAM(InterpretableModel):
         xc = x[idx, target] + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(o))))
         xc = xc + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(xc))))
         return self.score(xc)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Head ranking (§1.5)
-# ------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class HeadRanking:
-    """Result of `rank_heads`.
-
-    Attributes:
-        order: [B,R] head indices, most important first (survivors by last-round score ascending, then the
-            removed heads in reverse removal order).
-        num_kept: [B] survivors per image (k for 'keep_k'; variable for 'until_misclassified').
-        removal_scores: per image, the criterion value of each removal round's winner (the score with it blurred).
-        evaluations: number of candidate evaluations run (Σ_{j=k+1..R} j for 'keep_k').
-    """
-
-    order: torch.Tensor
-    num_kept: torch.Tensor
-    removal_scores: list[list[float]]
-    evaluations: int
-
-    def top(self, k: int | None = None) -> list[list[int]]:
-        """The top-k heads per image (default: the survivors)."""
-        return [self.order[b, : (k if k is not None else int(self.num_kept[b]))].tolist()
-                for b in range(self.order.shape[0])]
-
-
-@torch.no_grad()
-def rank_heads(
-    net: PromptCAM,
-    images: torch.Tensor,
-    target: int | Sequence[int] | torch.Tensor,
-    k: int = 4,
-    blur: str = "all",
-    criterion: str = "prob",
-    stop: str = "keep_k",
-) -> HeadRanking:
-    """Rank the last block's heads for class `target` by progressive blurring (models.md §1.5).
-
-    Greedy: while more than k heads remain, score every remaining head r with blurred ∪ {r} and blur the one
-    whose loss hurts least (highest score; ties to the lower index). Importance = reverse removal order, survivors
-    ordered by their last-round scores, lowest first. The last block's input is computed once; each round is one
-    batched pass of row c only. The winner is chosen on s_c for both criteria: blurring row c changes only s_c
-    and p_c is strictly increasing in s_c, so 'prob' and 'logit' rank identically (§1.10.5) and float saturation
-    of p_c cannot create false ties.
-
-    Args:
-        net: a Prompt-CAM model (eval mode recommended).
-        images: [B,3,H,W] in the model's input space.
-        target: class per image (int, list or [B] tensor).
-        k: survivors for `stop='keep_k'` (reference `top_traits`, default 4).
-        blur: "all" (reference: row uniform over all keys) or "patches" (paper: uniform 1/M over patches).
-        criterion: "prob" (reference) or "logit" (paper); the scores reported in `removal_scores`.
-        stop: "keep_k" (reference) or "until_misclassified" (paper: stop before the prediction would leave c).
-
-    Returns:
-        A `HeadRanking`.
-    """
-    for name, value, allowed in (("blur", blur, BLURS), ("criterion", criterion, CRITERIA), ("stop", stop, STOPS)):
-        if value not in allowed:
-            raise ValueError(f"unknown {name} '{value}'; choose from {allowed}")
-    if not isinstance(net, PromptCAM):
-        raise TypeError(f"rank_heads needs a PromptCAM model, not {type(net).__name__}")
-    if images.dim() == 3:
-        images = images[None]
-    B = images.shape[0]
-    tgt = torch.as_tensor(target, device=images.device).reshape(-1).long().expand(B).contiguous()
-    x = net.last_block_input(images)
-    n_p = vit_layout(net.backbone, tuple(images.shape[-2:])).num_prefix_tokens
-    R = net.backbone.blocks[-1].attn.num_heads
-    if not 0 <= k <= R:
-        raise ValueError(f"k must be in 0..{R}, got {k}")
-    # The other logits never change (only row c is blurred): compute them once with the exact block.
-    base = net.score(net._finish_block(x, *_softmaxed(net, x)))  # [B,C]
-    orders, kept, removal_scores, evaluations = [], [], [], 0
-    for b in range(B):
-        c = int(tgt[b])
-        others = torch.cat([base[b, :c], base[b, c + 1 :]])
-        xb, tb = x[b : b + 1], tgt[b : b + 1]
-        remaining, removed, scores_b = list(range(R)), [], []
-        last_scores: dict[int, float] = {}
-        min_keep = k if stop == "keep_k" else 1
-        while len(remaining) > min_keep:
-            cand = torch.zeros(len(remaining), 1, R, dtype=torch.bool, device=x.device)
-            cand[:, :, removed] = True
-            cand[torch.arange(len(remaining)), 0, remaining] = True
-            s_c = net.class_row_scores(xb, tb, cand, n_p, blur)[:, 0]  # [n_cand]
-            evaluations += len(remaining)
-            last_scores = {r: float(v) for r, v in zip(remaining, s_c.tolist(), strict=True)}
-            win = int(torch.argmax(s_c))  # first maximum = lower head index on ties
-            if stop == "until_misclassified":
-                changed = base[b].clone()
-                changed[c] = s_c[win]
-                if int(changed.argmax()) != c:
-                    break  # blurring even the least useful head would lose class c: keep the rest
-            r_star = remaining.pop(win)
-            removed.append(r_star)
-            scores_b.append(_criterion(s_c[win], others, criterion))
-        if not last_scores and remaining:
-            # No round ran (k = R): score the survivors once to order them.
-            cand = torch.zeros(len(remaining), 1, R, dtype=torch.bool, device=x.device)
-            cand[:, :, removed] = True
-            cand[torch.arange(len(remaining)), 0, remaining] = True
-            s_c = net.class_row_scores(xb, tb, cand, n_p, blur)[:, 0]
-            evaluations += len(remaining)
-            last_scores = {r: float(v) for r, v in zip(remaining, s_c.tolist(), strict=True)}
-        survivors = sorted(remaining, key=lambda r: (last_scores[r], r))
-        orders.append(survivors + removed[::-1])
-        kept.append(len(survivors))
-        removal_scores.append(scores_b)
-    return HeadRanking(torch.tensor(orders, dtype=torch.long), torch.tensor(kept), removal_scores, evaluations)
-
-
-def _softmaxed(net: PromptCAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, s, v = net._qkv(x)
-    return y, s.softmax(-1), v
-
-
-def _criterion(s_c: torch.Tensor, others: torch.Tensor, criterion: str) -> float:
-    if criterion == "logit":
-        return float(s_c)
-    return float(torch.sigmoid(s_c - torch.logsumexp(others, 0))) if others.numel() else 1.0
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Trait removal (§1.6)
-# ------------------------------------------------------------------------------------------------------------------
-
-def gaussian_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Depthwise Gaussian blur (11×11, σ = 5 by default) with reflect padding, [B,C,H,W] → same."""
-    r = size // 2
-    t = torch.arange(size, dtype=images.dtype, device=images.device) - r
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    C = images.shape[1]
-    pad_mode = "reflect" if min(images.shape[-2:]) > r else "replicate"
-    x = F.pad(images, (r, r, r, r), mode=pad_mode)
-    x = F.conv2d(x, g.view(1, 1, 1, size).expand(C, 1, 1, size).contiguous(), groups=C)
-    return F.conv2d(x, g.view(1, 1, size, 1).expand(C, 1, size, 1).contiguous(), groups=C)
-
-
-def noisy_linear_impute(images: torch.Tensor, mask: torch.Tensor, noise: float = 0.01, tol: float = 1e-6,
-                        max_iter: int = 5000, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ROAD's noisy linear imputation (metrics.md §1.4) of the pixels where `mask` is True.
-
-    Each removed pixel equals the weighted mean of its in-image 8-neighbours (1/6 edge, 1/12 diagonal), solved
-    jointly by Jacobi iteration (the system is diagonally dominant), then N(0, noise²) is added.
-
-    Args:
-        images: [B,C,H,W]. mask: bool [B,H,W] (True = remove).
-    """
-    w = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                     dtype=images.dtype, device=images.device)
-    C = images.shape[1]
-    kernel = w.view(1, 1, 3, 3).expand(C, 1, 3, 3).contiguous()
-    m = mask[:, None].to(images.dtype).expand_as(images)
-    ones = torch.ones_like(images[:, :1])
-    denom = F.conv2d(F.pad(ones, (1, 1, 1, 1)), w.view(1, 1, 3, 3))  # neighbour weight inside the image
-    kept = 1 - m
-    fill = (images * kept).sum((-2, -1), keepdim=True) / kept.sum((-2, -1), keepdim=True).clamp_min(1)
-    x = images * kept + fill * m
-    for _ in range(max_iter):
-        avg = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, groups=C) / denom
-        new = images * kept + avg * m
-        if (new - x).abs().max() < tol:
-            x = new
-            break
-        x = new
-    if noise > 0:
-        x = x + m * noise * torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    return x
-
-
-def top_fraction_region(head_map: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
-    """Bool mask of the top `fraction` cells of a map [..., h, w] (at least one cell): a head's region (§1.6)."""
-    flat = head_map.flatten(-2)
-    n = max(1, round(fraction * flat.shape[-1]))
-    idx = flat.topk(n, dim=-1).indices
-    out = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, idx, True)
-    return out.view(head_map.shape)
-
-
-@dataclass
-class TraitRemoval:
-    """Result of `trait_removal`, per image.
-
-    Attributes:
-        delta_score: [B] Δs_c = s_c(after) − s_c(before).
-        delta_prob: [B] Δp_c.
-        pred_before, pred_after: [B] predictions. flipped: [B] bool.
-        mass_before, mass_after: [B,R] attention mass m_r of prompt c's head r inside the region.
-        region_patches: bool [B,g_h,g_w] the region on the patch grid.
-        edited: [B,3,H,W] the edited images.
-    """
-
-    delta_score: torch.Tensor
-    delta_prob: torch.Tensor
-    pred_before: torch.Tensor
-    pred_after: torch.Tensor
-    flipped: torch.Tensor
-    mass_before: torch.Tensor
-    mass_after: torch.Tensor
-    region_patches: torch.Tensor
-    edited: torch.Tensor
-
-    @property
-    def mass_drop(self) -> torch.Tensor:
-        """[B,R] m_r(before) − m_r(after): the head with the largest drop "looked at" the trait."""
-        return self.mass_before - self.mass_after
-
-
-@torch.no_grad()
-def trait_removal(
-    net: PromptCAM,
-    images: torch.Tensor,
-    target: int | Sequence[int] | torch.Tensor,
-    region: torch.Tensor,
-    substrate: str | torch.Tensor = "blur",
-    generator: torch.Generator | None = None,
-) -> TraitRemoval:
-    """Erase a region and measure the class score drop and each head's attention-mass drop (models.md §1.6).
-
-    Args:
-        net: a Prompt-CAM model.
-        images: [B,3,H,W] (or [3,H,W]) in the model's input space.
-        target: class c per image.
-        region: bool [B,H,W] / [H,W] pixel mask, or a patch-grid mask [B,g_h,g_w] / [g_h,g_w] (e.g. from
-            `top_fraction_region`). A patch is in the region when at least half its area is.
-        substrate: "blur" (Gaussian 11×11, σ = 5), "mean" (per-image channel mean), "road" (noisy linear
-            imputation), or a tensor of edited images of the same shape.
-        generator: RNG for the 'road' noise.
-
-    Returns:
-        A `TraitRemoval`; 2 forwards per image, batched.
-    """
-    if images.dim() == 3:
-        images = images[None]
-    B, _, H, W = images.shape
-    layout = vit_layout(net.backbone, (H, W))
-    g_h, g_w = layout.grid
-    p_h, p_w = layout.patch_size
-    region = region.to(images.device).bool()
-    if region.dim() == 2:
-        region = region[None].expand(B, *region.shape)
-    if tuple(region.shape[-2:]) == (g_h, g_w) and (g_h, g_w) != (H, W):
-        patches = region
-        pixel = patches.float().repeat_interleave(p_h, 1).repeat_interleave(p_w, 2)
-        pixel = F.pad(pixel, (0, W - pixel.shape[-1], 0, H - pixel.shape[-2])) > 0.5
-    elif tuple(region.shape[-2:]) == (H, W):
-        pixel = region
-        cover = F.avg_pool2d(pixel[:, None].float()[..., : g_h * p_h, : g_w * p_w], (p_h, p_w))[:, 0]
-        patches = cover >= 0.5
-    else:
-        raise ValueError(f"region shape {tuple(region.shape)} matches neither the image {(H, W)} nor the grid "
-                         f"{(g_h, g_w)}")
-    if isinstance(substrate, torch.Tensor):
-        fill = substrate.to(images).expand_as(images)
-    elif substrate == "blur":
-        fill = gaussian_blur(images)
-    elif substrate == "mean":
-        fill = images.mean((-2, -1), keepdim=True).expand_as(images)
-    elif substrate == "road":
-        fill = noisy_linear_impute(images, pixel, generator=generator)
-    else:
-        raise ValueError(f"unknown substrate '{substrate}'; choose from {SUBSTRATES} or pass an image tensor")
-    edited = torch.where(pixel[:, None], fill, images)
-    out = net.native_maps(torch.cat([images, edited]))
-    tgt = torch.as_tensor(target, device=images.device).reshape(-1).long().expand(B)
-    idx = torch.arange(B, device=images.device)
-    logits, maps = out.logits, out.maps  # [2B,C], [2B,C,R,h,w]
-    s = logits[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]
-    p = logits.softmax(-1)[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]
-    head = maps[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]  # [2B,R,h,w]
-    inside = (head * patches.repeat(2, 1, 1)[:, None]).sum((-2, -1))
-    mass = inside / head.sum((-2, -1)).clamp_min(1e-12)
-    pred = logits.argmax(-1)
-    return TraitRemoval(
-        delta_score=s[B:] - s[:B], delta_prob=p[B:] - p[:B], pred_before=pred[:B], pred_after=pred[B:],
-        flipped=pred[:B] != pred[B:], mass_before=mass[:B], mass_after=mass[B:], region_patches=patches,
-        edited=edited,
-    )
-
-
-@torch.no_grad()
-def trait_head_matrix(
-    net: PromptCAM,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    trait_masks: torch.Tensor,
-    substrate: str = "blur",
-    batch_size: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[slots × heads] mean attention-mass drop when each trait is erased (TraitShapes, models.md §1.6).
-
-    Args:
-        images: [N,3,H,W] model input space. labels: [N]. trait_masks: bool [N,S,H,W].
-
-    Returns:
-        (mass drop [S,R] averaged over images whose trait covers ≥ 1 patch, score drop [S] = mean −Δs_c).
-    """
-    N, S = trait_masks.shape[:2]
-    R = net.backbone.blocks[-1].attn.num_heads
-    drop = torch.zeros(S, R)
-    score = torch.zeros(S)
-    count = torch.zeros(S)
-    for start in range(0, N, batch_size):
-        sl = slice(start, start + batch_size)
-        for s in range(S):
-            res = trait_removal(net, images[sl], labels[sl], trait_masks[sl, s], substrate=substrate)
-            ok = res.region_patches.flatten(1).any(1).cpu()
-            drop[s] += res.mass_drop.cpu()[ok].sum(0)
-            score[s] += (-res.delta_score.cpu()[ok]).sum()
-            count[s] += ok.sum()
-    c = count.clamp_min(1)
-    return drop / c[:, None], score / c
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Prompt-only checkpoints (§1.3)
-# ------------------------------------------------------------------------------------------------------------------
-
-PROMPT_KEYS = ("agnostic_prompts", "class_prompts", "head.weight", "head.bias")
-
-
-def backbone_hash(backbone: nn.Module) -> str:
-    """SHA-256 over the backbone's state dict (names, dtypes, shapes and bytes, in sorted key order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(backbone.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def save_prompts(net: PromptCAM, path: str | Path) -> Path:
-    """Write only the prompts and the scorer (plus the rebuild config and the backbone hash) to a safetensors file.
-
-    A few MB instead of the backbone's full state dict (the reference stores ~86M parameters); `load_prompts`
-    re-attaches them to the same backbone and refuses a different one.
-    """
-    from safetensors.torch import save_file
-
-    from traitlens._io import atomic_write
-
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if k in PROMPT_KEYS}
-    meta = {"traitlens_config": json.dumps(net.traitlens_config), "backbone_sha256": backbone_hash(net.backbone),
-            "class_names": json.dumps(getattr(net, "class_names", None))}
-    return atomic_write(path, lambda p: save_file(state, str(p), metadata=meta))
-
-
-def load_prompts(path: str | Path, backbone: str | Path | nn.Module, check_hash: bool = True,
-                 **backbone_kwargs: Any) -> PromptCAM:
-    """Rebuild a Prompt-CAM from a `save_prompts` file and its backbone (timm name, directory or module).
-
-    Raises:
-        ValueError: the backbone's hash differs from the one the prompts were trained on (`check_hash=True`).
-    """
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    config = json.loads(meta["traitlens_config"])
-    net = PromptCAM(backbone, config["num_classes"], **config.get("options", {}),
-                    class_names=json.loads(meta.get("class_names", "null")), **backbone_kwargs)
-    if check_hash and backbone_hash(net.backbone) != meta["backbone_sha256"]:
-        raise ValueError(f"{path} was trained on another backbone (hash mismatch); pass the same backbone weights "
-                         "or check_hash=False")
-    missing = set(PROMPT_KEYS) - set(state)
-    if missing:
-        raise ValueError(f"{path} lacks {sorted(missing)}")
-    net.load_state_dict(state, strict=False)
-    return net.eval()
-
-
-@register_builder("promptcam")
-def _build(config: dict[str, Any]) -> PromptCAM:
-    return PromptCAM(config["backbone"], config["num_classes"], **config.get("options", {}),
-                     class_names=config.get("class_names"))

@@ -7,7 +7,8 @@ e = −1 "why not c". The grid is read from the backbone output at run time (nev
 
 Example:
     >>> net = SCOUTER("resnet18", num_classes=10, e=-1, lambda_area=1.5)  # doctest: +SKIP
-    >>> out = net.eval()(x)  # out.logits [B,10], out.maps [B,10,h,w]  # doctest: +SKIP
+    >>> logits = net.eval()(x)  # [B,10]  # doctest: +SKIP
+    >>> out = net.forward_maps(x)  # out.logits [B,10], out.maps [B,10,h,w]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from traitlens.backbones.loading import register_builder
-from traitlens.models._common import (
-    InterpretableModel,
-    ModelOutput,
+from traitlens.models.backbone import (
     backbone_channels,
     backbone_features,
     build_backbone,
     check_vit_block,
     freeze_stages,
-    sine_position_encoding,
 )
+from traitlens.models.base import InterpretableModel
+from traitlens.models.outputs import ModelOutput
+from traitlens.models.position import sine_position_encoding
+from traitlens.models.registry import register_model_kind
+from traitlens.train import FitConfig
 
 __all__ = ["SCOUTER", "XSlotAttention", "area_size", "least_similar_class", "normalize_class_maps"]
 
@@ -149,6 +151,26 @@ def least_similar_class(logits: torch.Tensor, labels: torch.Tensor,
     raise ValueError(f"unknown mapping '{mapping}'; pass a dict, 'min_logit' or 'label+1'")
 
 
+@register_model_kind(
+    "scouter",
+    summary="class slots with positive (e=+1) or negative (e=-1) evidence and an area loss",
+    recipes={
+        # The reference (§3.4): AdamW lr 1e-4 with weight decay 0.01 (AdamW's default, which it really uses),
+        # batch 64, 10 epochs (its CLI default), last epoch kept.
+        "reference": FitConfig(epochs=10, mode="model", optimizer="adamw", lr=1e-4, weight_decay=0.01,
+                               schedule="constant", batch_size=64, label_smoothing=0.0, seed=42, selection="last"),
+        "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                           schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
+    },
+    # Both slot renormalisations scale the dot products by about the slot count, which saturates the sigmoid from
+    # the start on a small backbone (docs/history.md, "SCOUTER renormalisation").
+    quick_options={"renorm": "none"},
+    notes=(
+        "reference StepLR ×0.1 at epoch 70 (beyond the 10-epoch default) is not a fit schedule",
+        "reference keeps the last epoch plus one every 10 epochs",
+        "recipes: slots_per_class 1-5, lambda_area 0.2-10, to_k_layers 3 for ImageNet/CUB, 260 px square resize",
+    ),
+)
 class SCOUTER(InterpretableModel):
     """SCOUTER₊ / SCOUTER₋: xSlot classifier on a timm CNN or ViT backbone (models.md §3).
 
@@ -172,7 +194,6 @@ class SCOUTER(InterpretableModel):
         class_names: names of the n classes.
     """
 
-    kind = "scouter"
     reference_selection = "last+every10"
 
     def __init__(
@@ -254,7 +275,7 @@ class SCOUTER(InterpretableModel):
         """Logits from a feature map (for post-hoc methods such as classic Grad-CAM)."""
         return self.forward_slots(features).logits
 
-    def forward(self, images: torch.Tensor, return_maps: bool | None = None) -> ModelOutput:
+    def forward_output(self, images: torch.Tensor, return_maps: bool | None = None) -> ModelOutput:
         """Logits [B,n] and maps [B,n,h,w]. The maps cost nothing extra, so they are always returned.
 
         Args:
@@ -274,9 +295,3 @@ class SCOUTER(InterpretableModel):
         """L = CE(log_softmax(o), y) + λ·ℓ_area (§3.2)."""
         ce = F.cross_entropy(output.logits, labels)
         return ce + self.lambda_area * self.area_loss(output.aux["slot_attention"])
-
-
-@register_builder("scouter")
-def _build(config: dict[str, Any]) -> SCOUTER:
-    return SCOUTER(config["backbone"], config["num_classes"], **config.get("options", {}),
-                   class_names=config.get("class_names"))

@@ -143,8 +143,15 @@ def _collate_image_label(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
 
-def _logits(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.logits
+class _LossForward(nn.Module):
+    """Runs a model's own `forward_loss(images, labels)` as `forward`, so DDP sees the training forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_loss(images, labels)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -162,7 +169,7 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world))
     for images, labels in tqdm(batches, total=math.ceil(len(dataset) / batch_size), disable=not progress,
                                desc="eval", leave=False):
-        logits = _logits(model(normalize(model, images.to(device))))
+        logits = model(normalize(model, images.to(device)))
         correct += (logits.argmax(-1).cpu() == labels).sum().item()
         total += labels.numel()
     model.train(was_training)
@@ -281,10 +288,12 @@ def fit(
     device = _device_of(model)
     torch.manual_seed(cfg.seed)
     params = _trainable(model, cfg.mode)
-    net = model
+    # A model with its own training loss (the interpretable models' `forward_loss`) runs it; others train on CE.
+    own_loss = callable(getattr(model, "forward_loss", None))
+    net: nn.Module = _LossForward(model) if own_loss else model
     if dist_.world > 1:
         # DDP averages gradients over ranks; with equal shards of each global batch that is the global mean.
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and dist_.is_main
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     opt = _optimizer(model, params, cfg)
@@ -306,7 +315,6 @@ def fit(
         result.history = state["history"]
         result.best_val_acc = state["best_val_acc"]
         log.info("resumed from %s at epoch %d", out_dir / CHECKPOINT_NAME, start_epoch)
-    loss_fn = getattr(model, "loss", None)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -321,10 +329,11 @@ def fit(
                 images = flip_and_shift(images, augment, cfg.augment_flip, cfg.augment_shift)
             images = normalize(model, images)
             with _autocast(model, device, amp_dtype):
-                output = net(images)
-                logits = _logits(output)
-                loss = (loss_fn(output, labels) if callable(loss_fn)
-                        else F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing))
+                if own_loss:
+                    loss, logits = net(images, labels)
+                else:
+                    logits = net(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)

@@ -1,34 +1,27 @@
-"""Shared parts of the interpretable-by-design models (models.md §0).
-
-`ModelOutput` (logits + native maps of all C classes from one forward), backbone construction from a
-timm name, preset, local traitlens model directory or module, the backbone rebuild recipe stored in
-`traitlens_config`, feature-map read-out for timm ViTs and CNNs, the 2-D sine position encoding of
-DETR, stage freezing, and the `InterpretableModel` base with `predict`, `native_maps` and `loss`.
+"""Backbones of the interpretable models: construction, the rebuild recipe stored in `traitlens_config`,
+feature-map read-out for timm ViTs and CNNs, stage freezing and stochastic depth (models.md §0).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from traitlens.backbones.introspect import is_vit, vit_layout
-from traitlens.backbones.loading import PRESETS, ModelLoadError, create_preset, load_model
-from traitlens.backbones.loading import _create_timm as create_timm
+from traitlens.backbones.loading import PRESETS, ModelLoadError, create_preset, create_timm, load_model
 
 __all__ = [
-    "InterpretableModel",
-    "LogitsOnly",
-    "ModelOutput",
-    "Prediction",
+    "DETRResNet50",
+    "accepts_any_size",
+    "backbone_channels",
+    "backbone_data_config",
     "backbone_features",
     "backbone_grid",
     "build_backbone",
@@ -36,55 +29,10 @@ __all__ = [
     "freeze_stages",
     "rebuild_backbone",
     "set_drop_path",
-    "sine_position_encoding",
 ]
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelOutput:
-    """What every interpretable model's `forward` returns (models.md §0).
-
-    Attributes:
-        logits: [B,C] class scores.
-        maps: native evidence of **all** C classes from the same forward pass: [B,C,R,h,w] for models with
-            heads (Prompt-CAM, INTR), [B,C,h,w] otherwise (SCOUTER); None when not requested (training).
-        aux: model-specific tensors (e.g. SCOUTER's slot attention for the area loss).
-    """
-
-    logits: torch.Tensor
-    maps: torch.Tensor | None = None
-    aux: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Prediction:
-    """`predict` on one image: the class, its probabilities and the native maps of every class.
-
-    Attributes:
-        class_id: argmax class.
-        class_name: its name when the model carries class names.
-        probs: [C] softmax probabilities.
-        logits: [C] raw scores.
-        maps: [C,R,h,w] or [C,h,w] native maps on the model's grid (raw values).
-        image_size: (H, W) the model actually saw.
-    """
-
-    class_id: int
-    class_name: str | None
-    probs: torch.Tensor
-    logits: torch.Tensor
-    maps: torch.Tensor | None
-    image_size: tuple[int, int]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Backbones: construction and the rebuild recipe
-# --------------------------------------------------------------------------------------------------------------
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
@@ -324,172 +272,3 @@ def freeze_stages(backbone: nn.Module, stages: int) -> list[str]:
             p.requires_grad_(False)
     return frozen
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Position encoding (DETR's PositionEmbeddingSine), shared by INTR and SCOUTER
-# --------------------------------------------------------------------------------------------------------------
-
-def sine_position_encoding(mask: torch.Tensor, dim: int, temperature: float = 10000.0,
-                           scale: float = 2 * math.pi) -> torch.Tensor:
-    """2-D sine encoding over cumulative sums of the valid cells, normalised to (0, 2π] (models.md §2.1 step 3).
-
-    Args:
-        mask: bool [B,h,w], True on **padded** cells (DETR convention).
-        dim: d, the output channels; d/2 per axis (y first, then x), must be even.
-
-    Returns:
-        [B,d,h,w]. Works for any (h, w); appending padded cells leaves the valid cells' encoding unchanged.
-    """
-    if dim % 2:
-        raise ValueError(f"the sine position encoding needs an even dim, got {dim}")
-    feats = dim // 2
-    not_mask = (~mask).to(torch.float32)
-    y = not_mask.cumsum(1)
-    x = not_mask.cumsum(2)
-    eps = 1e-6
-    y = y / (y[:, -1:, :] + eps) * scale
-    x = x / (x[:, :, -1:] + eps) * scale
-    dim_t = torch.arange(feats, dtype=torch.float32, device=mask.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / feats)
-    pos_x = x[..., None] / dim_t
-    pos_y = y[..., None] / dim_t
-    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The base class
-# --------------------------------------------------------------------------------------------------------------
-
-def _to_image_tensor(image: Any) -> torch.Tensor:
-    """A path, PIL image or tensor ([3,H,W] or [1,3,H,W], values in [0,1]) → float [3,H,W]."""
-    from PIL import Image
-
-    from traitlens.backbones.preprocess import load_image, pil_to_tensor
-
-    if isinstance(image, (str, Path)):
-        return load_image(image)
-    if isinstance(image, Image.Image):
-        return pil_to_tensor(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        t = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
-        if t.dim() != 3:
-            raise ValueError(f"predict takes one image [3,H,W] (or [1,3,H,W]); got shape {tuple(image.shape)}")
-        return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    raise TypeError(f"predict takes a path, a PIL image or a tensor, not {type(image).__name__}")
-
-
-class InterpretableModel(nn.Module):
-    """Base of Prompt-CAM, INTR and SCOUTER: the shared contract of models.md §0.
-
-    Subclasses set `self.backbone`, `self.num_classes`, call `_init_common` and implement `forward`
-    (`return_maps=None` computes the maps in eval mode only, so training runs without the capture).
-    """
-
-    #: checkpoint rule of the reference repository (models.md §0): "best_val", "last" or "last+every10".
-    reference_selection: str = "last"
-    #: key of the builder in `traitlens.backbones.loading` and of `traitlens_config["kind"]`.
-    kind: str = ""
-
-    def _init_common(self, backbone_spec: dict[str, Any] | None, options: dict[str, Any],
-                     class_names: Sequence[str] | None) -> None:
-        data = backbone_data_config(self.backbone)
-        self.pretrained_cfg = {"mean": data["mean"], "std": data["std"], "input_size": data["input_size"]}
-        self.traitlens_config = {"kind": self.kind, "num_classes": self.num_classes, "backbone": backbone_spec,
-                                 "options": _jsonable(options), "mean": list(data["mean"]),
-                                 "std": list(data["std"])}
-        if class_names is not None:
-            if len(class_names) != self.num_classes:
-                raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
-            self.class_names = list(class_names)
-
-    # -- training ------------------------------------------------------------------------------------------------
-    def loss(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
-        """Plain cross-entropy on the C logits (Prompt-CAM §1.4, INTR §2.2); SCOUTER adds its area term."""
-        return F.cross_entropy(output.logits, labels)
-
-    def train(self, mode: bool = True) -> InterpretableModel:
-        """Like `nn.Module.train`, but BatchNorm layers whose parameters are all frozen stay in eval mode.
-
-        A frozen stage must not update its running statistics either (DETR's FrozenBatchNorm, SCOUTER's freeze).
-        """
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    ps = list(m.parameters(recurse=False))
-                    if ps and not any(p.requires_grad for p in ps):
-                        m.eval()
-        return self
-
-    def trainable_parameter_names(self) -> list[str]:
-        """Names of the parameters `fit(..., mode="model")` trains."""
-        return [n for n, p in self.named_parameters() if p.requires_grad]
-
-    # -- explanation ---------------------------------------------------------------------------------------------
-    def native_maps(self, images: torch.Tensor, **kwargs: Any) -> ModelOutput:
-        """One forward with the native maps of all C classes (any mode; used by `explain(method="native")`)."""
-        return self.forward(images, return_maps=True, **kwargs)
-
-    def logits_only(self) -> LogitsOnly:
-        """A view of this model whose `forward` returns the logits tensor, for post-hoc methods (pixel methods)."""
-        return LogitsOnly(self)
-
-    @torch.no_grad()
-    def predict(self, image: Any, size: int | tuple[int, int] | None = None) -> Prediction:
-        """Classify one image and return the native maps of every class (models.md §0, `Imageomics/INTR#10`).
-
-        Args:
-            image: a file path, a PIL image, or a tensor [3,H,W] / [1,3,H,W] with values in [0,1] (uint8 accepted).
-            size: (H, W) or side to squash-resize to first. None keeps the image size when the backbone accepts
-                any size (a CNN, a `dynamic_img_size` ViT) and resizes to the backbone's input size otherwise.
-
-        Returns:
-            A `Prediction` (class id and name, probabilities, logits, maps on the model's grid).
-
-        Example:
-            >>> net = traitlens.load_model("runs/promptcam/best")  # doctest: +SKIP
-            >>> p = net.predict("bird.jpg"); p.class_name, p.maps.shape  # doctest: +SKIP
-        """
-        from traitlens.backbones.preprocess import normalize
-
-        x = _to_image_tensor(image)
-        if size is None and not accepts_any_size(self.backbone):
-            target = tuple(self.pretrained_cfg["input_size"][1:])
-            if tuple(x.shape[-2:]) != target:
-                log.info("resizing %s to the backbone's fixed input size %s", tuple(x.shape[-2:]), target)
-                size = target
-        if size is not None:
-            hw = (size, size) if isinstance(size, int) else tuple(size)
-            x = F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
-            out = self.forward(normalize(self, x[None].to(device)), return_maps=True)
-        finally:
-            self.train(was_training)
-        logits = out.logits[0].float().cpu()
-        probs = logits.softmax(-1)
-        cls = int(probs.argmax())
-        names = getattr(self, "class_names", None)
-        return Prediction(cls, names[cls] if names else None, probs, logits,
-                          None if out.maps is None else out.maps[0].cpu(), tuple(x.shape[-2:]))
-
-
-class LogitsOnly(nn.Module):
-    """Wrap an `InterpretableModel` so `forward` returns logits [B,C] (for post-hoc methods that expect a tensor)."""
-
-    def __init__(self, net: InterpretableModel) -> None:
-        super().__init__()
-        self.net = net
-        self.training = net.training  # mirror the wrapped model's mode (a new Module starts in training mode)
-        self.num_classes = net.num_classes
-        self.pretrained_cfg = net.pretrained_cfg
-        if getattr(net, "class_names", None):
-            self.class_names = net.class_names
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits only; the native maps are not computed."""
-        return self.net(images, return_maps=False).logits
