@@ -10,9 +10,8 @@ from traitlens import models  # registers the interpretable models and the "nati
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
 from traitlens.evaluation import evaluate
 from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
+from traitlens._version import __version__
 from traitlens.train import FitConfig, fit
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AttentionProbe",

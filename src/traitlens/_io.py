@@ -10,7 +10,7 @@ from pathlib import Path
 __all__ = ["atomic_write"]
 
 
-def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp_path)` then rename onto `target`, so a crash never leaves a half-written file."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

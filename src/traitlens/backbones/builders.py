@@ -51,12 +51,13 @@ def get_builder(kind: str, source: str = "config.json") -> Builder:
 
 def attach_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     """Record the rebuild config, class names and mean/std on the model so saving and preprocessing work."""
-    model.traitlens_config = {k: v for k, v in config.items() if k != "class_names"}
+    tagged: Any = model  # plain attributes beside the module's parameters
+    tagged.traitlens_config = {k: v for k, v in config.items() if k != "class_names"}
     if config.get("class_names"):
-        model.class_names = list(config["class_names"])
+        tagged.class_names = list(config["class_names"])
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     if config.get("mean") is not None:
         cfg["mean"] = tuple(config["mean"])
         cfg["std"] = tuple(config["std"])
-    model.pretrained_cfg = cfg
+    tagged.pretrained_cfg = cfg
     return model

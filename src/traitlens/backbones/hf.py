@@ -83,23 +83,25 @@ def from_hf_vit(hf_model: nn.Module, class_names: list[str] | None = None) -> Vi
     """Convert a `transformers` `ViTForImageClassification` into a timm ViT with identical logits."""
     if type(hf_model).__name__ != "ViTForImageClassification":
         raise TypeError(f"expected a transformers ViTForImageClassification, got {type(hf_model).__name__}")
-    cfg = hf_model.config.to_dict()
-    cfg["num_labels"] = hf_model.config.num_labels
+    hf_config: Any = hf_model.config
+    cfg = hf_config.to_dict()
+    cfg["num_labels"] = hf_config.num_labels
     model = _timm_for(cfg)
     state = _convert_state(hf_model.state_dict(), cfg["num_hidden_layers"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelLoadError(f"HF ViT conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     names = class_names
-    if names is None and getattr(hf_model.config, "id2label", None):
-        id2label = hf_model.config.id2label
+    if names is None and getattr(hf_config, "id2label", None):
+        id2label = hf_config.id2label
         names = [id2label[i] for i in range(len(id2label))] if len(id2label) == cfg["num_labels"] else None
     keep = {k: cfg[k] for k in ("image_size", "patch_size", "num_channels", "num_labels", "hidden_size",
                                 "num_hidden_layers", "num_attention_heads", "intermediate_size", "qkv_bias",
                                 "layer_norm_eps", "hidden_act") if k in cfg}
     # ViTImageProcessor normalises with mean = std = 0.5.
-    return attach_config(model, {"kind": "hf-vit", "hf_config": keep, "num_classes": cfg["num_labels"],
-                           "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "class_names": names}).eval()
+    attach_config(model, {"kind": "hf-vit", "hf_config": keep, "num_classes": cfg["num_labels"],
+                          "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "class_names": names})
+    return model.eval()
 
 
 def load_hf_vit(model_id: str) -> VisionTransformer:

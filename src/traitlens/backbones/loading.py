@@ -223,7 +223,8 @@ def load_model(
     if checkpoint is not None:
         _load_weights(model, load_state_dict_file(checkpoint), str(checkpoint))
     if class_names:
-        model.class_names = list(class_names)
+        tagged: Any = model
+        tagged.class_names = list(class_names)
     return model.eval()
 
 
@@ -242,8 +243,9 @@ def save_model(model: nn.Module, out_dir: str | Path, extra: dict[str, Any] | No
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     config.setdefault("mean", list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)))
     config.setdefault("std", list(cfg.get("std", IMAGENET_DEFAULT_STD)))
-    if getattr(model, "class_names", None):
-        config["class_names"] = list(model.class_names)
+    names = getattr(model, "class_names", None)
+    if names:
+        config["class_names"] = list(names)
     config.update(extra or {})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, str(p)))

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -41,7 +42,7 @@ class PackagedWeights:
     def path(self) -> Path:
         """The weights file inside the installed package."""
         module = importlib.import_module(self.package)
-        return Path(module.__file__).parent / self.relative_path
+        return Path(str(module.__file__)).parent / self.relative_path
 
 
 PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
@@ -66,7 +67,7 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i) for i in range(1000)]
 
 
-def load_packaged(entry: PackagedWeights, num_classes: int | None = None, **model_args: object) -> nn.Module:
+def load_packaged(entry: PackagedWeights, num_classes: int | None = None, **model_args: Any) -> nn.Module:
     """Build the timm architecture and copy the packaged tensors into it in order.
 
     The package's key names differ from timm's, but both enumerate the same tensors in the same order;
@@ -74,7 +75,7 @@ def load_packaged(entry: PackagedWeights, num_classes: int | None = None, **mode
     initialised (a new head on the pretrained trunk). `model_args` go to `timm.create_model`.
     """
     state = torch.load(str(entry.path()), map_location="cpu", weights_only=True)
-    model = timm.create_model(entry.architecture, pretrained=False, **model_args)
+    model: Any = timm.create_model(entry.architecture, pretrained=False, **model_args)
     own = model.state_dict()
     if len(state) != len(own):
         raise ModelLoadError(

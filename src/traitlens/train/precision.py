@@ -9,6 +9,7 @@ in fp32, so attention runs unfused while training in bf16.
 from __future__ import annotations
 
 import functools
+from typing import Any
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +47,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 @contextmanager
 def unfused_attention(model: nn.Module) -> Iterator[None]:
     """Switch timm's fused attention off in every block of `model` for the duration; restore it after."""
-    saved = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    modules: list[Any] = list(model.modules())
+    saved = [(m, m.fused_attn) for m in modules if isinstance(getattr(m, "fused_attn", None), bool)]
     try:
         for m, _ in saved:
             m.fused_attn = False

@@ -13,10 +13,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -101,7 +101,7 @@ def iterate_batches(
     With `shard=(rank, world)` every global batch of `batch_size` is split across the ranks, so a
     distributed run sees the same global batches as one process.
     """
-    n = len(dataset)
+    n = len(cast(Sized, dataset))
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     rank, world = shard
     if world > 1:
@@ -109,8 +109,8 @@ def iterate_batches(
         batch_size = math.ceil(batch_size / world)
     images = getattr(dataset, "images", None)
     labels = getattr(dataset, "labels", None)
-    fast = isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
-    if fast and getattr(dataset, "transform", None) is None:
+    if (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and getattr(dataset, "transform", None) is None):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             yield _as_float_images(images[idx]), labels[idx].long()
@@ -151,7 +151,7 @@ class _LossForward(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_loss(images, labels)
+        return cast(Any, self.model).forward_loss(images, labels)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -167,14 +167,14 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     dist_ = _Dist()
     correct = total = 0
     batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world))
-    for images, labels in tqdm(batches, total=math.ceil(len(dataset) / batch_size), disable=not progress,
+    for images, labels in tqdm(batches, total=math.ceil(len(cast(Sized, dataset)) / batch_size), disable=not progress,
                                desc="eval", leave=False):
         logits = model(normalize(model, images.to(device)))
-        correct += (logits.argmax(-1).cpu() == labels).sum().item()
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += labels.numel()
     model.train(was_training)
-    correct, total = dist_.sum([correct, total])
-    return correct / max(total, 1)
+    all_correct, all_total = dist_.sum([correct, total])
+    return all_correct / max(all_total, 1)
 
 
 class _Dist:
@@ -203,7 +203,7 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
             raise TypeError(f"{type(model).__name__} has no get_classifier(); linear probing needs a timm model")
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in model.get_classifier().parameters():
+        for p in cast(Any, model).get_classifier().parameters():
             p.requires_grad_(True)
     elif mode == "finetune":
         for p in model.parameters():
@@ -216,7 +216,7 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
 
 def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
     if hasattr(model, "param_groups"):  # a model's own recipe, e.g. INTR's lower backbone learning rate
-        groups = model.param_groups(cfg)
+        groups = cast(Any, model).param_groups(cfg)
     else:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
@@ -295,7 +295,7 @@ def fit(
         # DDP averages gradients over ranks; with equal shards of each global batch that is the global mean.
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and dist_.is_main
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(cast(Sized, train_set)) / cfg.batch_size)
     opt = _optimizer(model, params, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
     amp_dtype = autocast_dtype(device) if cfg.amp else None
@@ -319,7 +319,10 @@ def fit(
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         augment = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 50_021)
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        t0 = time.perf_counter()
+        seen: float = 0
+        loss_sum = 0.0
+        correct: float = 0
         bar = tqdm(iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=shuffle,
                                    num_workers=cfg.num_workers, shard=(dist_.rank, dist_.world)),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
@@ -346,7 +349,7 @@ def fit(
             sched.step()
             seen += labels.numel()
             loss_sum += loss.item() * labels.numel()
-            correct += (logits.detach().argmax(-1) == labels).sum().item()
+            correct += int((logits.detach().argmax(-1) == labels).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         seen, loss_sum, correct = dist_.sum([seen, loss_sum, correct])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),

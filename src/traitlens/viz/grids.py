@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from traitlens._io import atomic_write
-from traitlens.explain._explanation import Explanation
+from traitlens.explain import Explanation
 from traitlens.viz.overlay import colorize, overlay, to_uint8_image
 
 if TYPE_CHECKING:
