@@ -35,15 +35,10 @@ log = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults aim at ≥ 85 % test accuracy in under 5 CPU minutes.
 
-    Measured on 2 idle cores with AMX, where the trainer runs bf16 autocast (~1,100 img/s against ~650 in float32;
-    without bf16 units the ViT phase takes ~1.8× longer). This recipe: 91.6 % in 220 s (README command 1, fresh
-    clone) and 88.6 % on a repeat; 94.7 % on one thread with seed 1. Why each setting:
-    - flips and shifts of up to 4 px (half a patch): without them train accuracy ended ~5 points above test; one-thread
-      seeds 0 / 2 went from 92.1 / 88.1 % to 93.5 / 90.9 % (at lr 2e-3, 10 epochs); they cost ~4 % of a step;
-    - lr 1.5e-3: at 2e-3 about one 2-thread run in three sat near 50 % train accuracy through the peak of the
-      schedule (epochs 2-4) and ended at 76-86 %; on the one-thread seed that showed it, 1.5e-3 gave 94.7 % against
-      89.8 % (gradient clipping at 1.0: 93.2 %);
-    - 9 epochs: 10 took 291 s on a slow stretch of the VM (throughput varies by up to ~20 % between runs).
+    Why each setting (measurements: docs/history.md, "Quickstart recipe"):
+    - flips and shifts of up to 4 px (half a patch): without them the ViT overfits its training images;
+    - lr 1.5e-3: at 2e-3 some runs stall near the peak of the one-cycle schedule;
+    - 9 epochs: what fits the time budget on 2 CPU cores.
     """
 
     out: Path = Path("traitlens-quickstart")
@@ -211,9 +206,8 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
     test_subset = _Subset(test, cfg.interpretable_test)
     nets = {kind: build_interpretable(kind, backbone_dir, cfg.num_classes, class_names=subset.classes,
                                       **QUICK_MODEL_OPTIONS.get(kind, {})) for kind in cfg.interpretable}
-    # Measured on 2 CPU cores: a training step of these backbone-based models (batch 64, 64 px) takes 0.08-0.22 s on
-    # one thread but 1.3-3.5 s on two (an intra-op threading pathology not yet diagnosed). So on a CPU each model
-    # trains on one thread and the models train side by side, one per core.
+    # On a CPU each model trains on one thread and the models train side by side, one per core: these small models
+    # train far slower on two intra-op threads than on one (docs/history.md, "CPU threading").
     on_cpu = not torch.cuda.is_available()
     workers = min(len(nets), os.cpu_count() or 1) if on_cpu else 1
     threads = torch.get_num_threads()

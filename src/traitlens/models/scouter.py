@@ -163,7 +163,7 @@ def least_similar_class(logits: torch.Tensor, labels: torch.Tensor,
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
     },
     # Both slot renormalisations scale the dot products by about the slot count, which saturates the sigmoid from
-    # the start on a small backbone (docs/history.md, "SCOUTER renormalisation").
+    # the start on a small backbone (docs/history.md, "SCOUTER in short runs").
     quick_options={"renorm": "none"},
     notes=(
         "reference StepLR ×0.1 at epoch 70 (beyond the 10-epoch default) is not a fit schedule",

@@ -1,9 +1,8 @@
 """Mixed precision for training: float16 on a GPU, bfloat16 on a CPU with native bf16 matrix units.
 
-On a CPU with AMX or AVX512-BF16 a bf16 matmul runs ~8x faster than fp32 (measured here: 1.6 TFLOP/s vs
-0.2), and a tiny ViT's training step ~1.9x faster (116 ms vs 220 ms, batch 128 at 64 px). The fused attention
-kernel is the exception: its bf16 backward is so slow on a CPU that a bf16 step with it takes 270 ms, more than
-in fp32, so attention runs unfused while training in bf16.
+On CPUs with AMX or AVX512-BF16, bf16 matmuls are several times faster than float32, so training autocasts to bf16
+there. The fused attention kernel is the exception: its bf16 backward is slow on a CPU, so attention runs unfused
+while training in bf16 (measurements: docs/history.md, "CPU precision").
 """
 
 from __future__ import annotations
