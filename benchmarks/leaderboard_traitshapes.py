@@ -35,7 +35,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.quickstart / "run" / "best")
-    natives = {kind: load_model(args.quickstart / kind / "best") for kind in list_model_kinds()
+    natives = {kind: load_model(args.quickstart / kind / "best") for kind in [k.name for k in list_model_kinds()]
                if (args.quickstart / kind / "best").is_dir()}
     qs = QuickstartConfig()
     config = TraitShapesConfig(size=qs.size, num_classes=qs.num_classes, seed=qs.seed)

@@ -18,7 +18,7 @@ import torch
 from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
-from traitlens.models import get_model_kind, list_model_kinds
+from traitlens.models import list_model_kinds
 from traitlens.report import HtmlReport
 from traitlens.train import FitConfig, evaluate_accuracy, fit
 from traitlens.viz import figure_png, head_grid, method_grid
@@ -26,7 +26,7 @@ from traitlens.viz import figure_png, head_grid, method_grid
 __all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_quickstart"]
 
 #: The small CPU variant of each interpretable model (each kind's registered `quick_options`).
-QUICK_MODEL_OPTIONS: dict[str, dict] = {k: dict(get_model_kind(k).quick_options) for k in list_model_kinds()}
+QUICK_MODEL_OPTIONS: dict[str, dict] = {k.name: dict(k.quick_options) for k in list_model_kinds()}
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from traitlens.models import (
     InterpretableModel,
     PromptCAM,
     build_interpretable,
+    list_model_kinds,
     recommended_fit_config,
 )
 from traitlens.train import FitConfig, fit
@@ -34,7 +35,7 @@ def _build(kind: str, seed: int = 0) -> InterpretableModel:
     return SCOUTER(backbone, 3, hidden_dim=8, slots_per_class=2, e=-1, lambda_area=0.5, class_names=NAMES)
 
 
-KINDS = ["promptcam", "intr", "scouter"]
+KINDS = [k.name for k in list_model_kinds()]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -57,4 +57,4 @@ __all__ = [
 ]
 
 #: What `fit` cannot express yet for each kind's reference recipe.
-RECIPE_NOTES: dict[str, list[str]] = {k: list(get_model_kind(k).notes) for k in list_model_kinds()}
+RECIPE_NOTES: dict[str, list[str]] = {k.name: list(k.notes) for k in list_model_kinds()}

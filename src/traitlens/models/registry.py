@@ -3,11 +3,12 @@
 `@register_model_kind("promptcam", recipes=..., quick_options=..., notes=...)` on the class is all a new kind
 needs: `load_model(dir)` rebuilds saved models of that kind, `traitlens train KIND` builds and trains it, and
 `recommended_fit_config(KIND, recipe)` returns its recipes. `list_model_kinds()` is what the CLI, the web page
-and the benchmarks list.
+and the benchmarks list, like `list_methods()` and `list_metrics()` for the other two registries.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,9 +94,9 @@ def register_model_kind(
     return deco
 
 
-def list_model_kinds() -> list[str]:
-    """Names of the registered interpretable models, in registration order."""
-    return list(_KINDS)
+def list_model_kinds(pattern: str = "*") -> list[ModelKind]:
+    """Registered interpretable models whose name matches the glob `pattern`, sorted by name."""
+    return [kind for name, kind in sorted(_KINDS.items()) if fnmatch.fnmatch(name, pattern)]
 
 
 def get_model_kind(name: str) -> ModelKind:
