@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "sweep_temp_files"]
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
@@ -24,6 +24,20 @@ def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def sweep_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files an `atomic_write` killed mid-write left in `folder` (not recursive); returns them.
+
+    Only names `atomic_write` makes (`.NAME.XXXXXXXX.tmp`) are touched. Call it where no other process is writing
+    into `folder` (e.g. when a run starts or resumes in its own folder).
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """Training: one resumable trainer with atomic checkpoints."""
 
-from traitlens.train.checkpoint import load_checkpoint, save_checkpoint
-from traitlens.train.trainer import FitConfig, FitResult, evaluate_accuracy, fit, iterate_batches
+from traitlens.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from traitlens.train.trainer import FitConfig, FitResult, dataset_fingerprint, evaluate_accuracy, fit, iterate_batches
 
-__all__ = ["FitConfig", "FitResult", "evaluate_accuracy", "fit", "iterate_batches", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["CheckpointError", "FitConfig", "FitResult", "dataset_fingerprint", "evaluate_accuracy", "fit",
+           "iterate_batches", "load_checkpoint", "save_checkpoint"]

@@ -8,10 +8,10 @@ while training in bf16 (measurements: docs/history.md, "CPU precision").
 from __future__ import annotations
 
 import functools
-from typing import Any
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn

@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from traitlens._io import atomic_write
+from traitlens._io import atomic_write, sweep_temp_files
 from traitlens.backbones.loading import save_model
 from traitlens.backbones.preprocess import normalize
 from traitlens.train.augment import flip_and_shift
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from traitlens.train.precision import autocast_dtype, unfused_attention
+from traitlens.train.resume import check_resumable, dataset_fingerprint
 
-__all__ = ["FitConfig", "FitResult", "evaluate_accuracy", "fit", "iterate_batches"]
+__all__ = ["FitConfig", "FitResult", "dataset_fingerprint", "evaluate_accuracy", "fit", "iterate_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +262,15 @@ def fit(
     """Train `model` on `train_set`; checkpoint to `out` each epoch and keep the best model in `out/best`.
 
     Args:
-        model: a timm classifier or a traitlens interpretable model (a `loss(output, labels)` method, if
+        model: a timm classifier or a traitlens interpretable model (its `forward_loss(images, labels)`, if
             present, replaces cross-entropy).
         train_set, val_set: datasets yielding dicts with "image" ([3,H,W] in [0,1]) and "label", or in-memory
             sets with `images`/`labels` tensors.
         config: the recipe; keyword `overrides` replace its fields (e.g. `epochs=5`).
         out: run directory (checkpoint.pt, metrics.csv/json, best/); None keeps nothing on disk.
-        resume: continue from `out/checkpoint.pt` exactly where it stopped.
+        resume: continue from `out/checkpoint.pt` exactly where it stopped; the checkpoint must come from the same
+            settings (`FitConfig`, `num_workers` aside) and the same data, else a `CheckpointError` names what
+            differs.
         on_epoch_end: callback(epoch, metrics) after each checkpoint.
 
     Returns:
@@ -302,10 +305,17 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     result = FitResult(out=out_dir)
     start_epoch = 0
+    fingerprint = {"train": dataset_fingerprint(train_set),
+                   "val": None if val_set is None else dataset_fingerprint(val_set)}
+    if out_dir is not None and dist_.is_main:
+        for folder in (out_dir, out_dir / "best"):
+            for stale in sweep_temp_files(folder) if folder.is_dir() else []:
+                log.info("removed %s, left by an interrupted write", stale)
     if resume:
         if out_dir is None:
             raise ValueError("resume=True needs the run directory `out`")
         state = load_checkpoint(out_dir / CHECKPOINT_NAME, map_location=device)
+        check_resumable(state, asdict(cfg), fingerprint, out_dir / CHECKPOINT_NAME)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -314,6 +324,8 @@ def fit(
         start_epoch = state["epoch"] + 1
         result.history = state["history"]
         result.best_val_acc = state["best_val_acc"]
+        if dist_.is_main:  # an epoch logged after the checkpoint was written is trained again, identically
+            _write_history(out_dir, result.history)
         log.info("resumed from %s at epoch %d", out_dir / CHECKPOINT_NAME, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -367,11 +379,14 @@ def fit(
                 result.best_dir = save_model(model, out_dir / "best", extra={"selected": f"epoch {epoch + 1}"})
             if keep_every and (epoch + 1) % keep_every == 0:
                 save_model(model, out_dir / f"epoch_{epoch + 1}")
+            # metrics.json first: a kill between the two writes then loses nothing (the resumed run retrains the
+            # epoch after the checkpoint and rewrites the history exactly).
+            _write_history(out_dir, result.history)
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "rng": capture_rng(), "epoch": epoch,
-                     "history": result.history, "best_val_acc": result.best_val_acc, "config": asdict(cfg)}
+                     "history": result.history, "best_val_acc": result.best_val_acc, "config": asdict(cfg),
+                     "data": fingerprint}
             save_checkpoint(out_dir / CHECKPOINT_NAME, state)
-            _write_history(out_dir, result.history)
         if dist_.world > 1:
             torch.distributed.barrier()  # no rank runs ahead of the checkpoint it may need to resume from
         if on_epoch_end is not None:
