@@ -177,6 +177,26 @@ def test_ranking_keep_all_heads_and_until_misclassified() -> None:
     assert int(blurred_all_removed.argmax()) == pred  # the removed heads alone never flip the prediction
 
 
+def test_survivor_order_scores_and_the_reference_pairing() -> None:
+    """Hand-set blur scores: s_c = −Σ w over the blurred heads (R = 4, k = 2).
+
+    Round 1 blurs head 3 (w 0.5); round 2 scores heads [0, 1, 2] as [−1.5, −3.5, −2.5] and blurs head 0. Own
+    last-round scores order the survivors [1 (−3.5), 2 (−2.5)]; the reference pairs the round's list before the
+    removal with the survivors after it: 1 → −1.5, 2 → −3.5, so [2, 1]. Kept set and removal order agree.
+    """
+    net = _net()
+    assert net.backbone.blocks[-1].attn.num_heads == 4
+    w = torch.tensor([1.0, 3.0, 2.0, 0.5], dtype=torch.float64)
+    net.class_row_scores = lambda x, t, blurred, n_p, blur: -(blurred.to(w.dtype) * w).sum(-1)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    own = rank_heads(net, x, 0, k=2)
+    ref = rank_heads(net, x, 0, k=2, survivor_order="reference")
+    assert own.order.tolist() == [[1, 2, 0, 3]] and ref.order.tolist() == [[2, 1, 0, 3]]
+    assert own.num_kept.tolist() == ref.num_kept.tolist() == [2] and own.removal_scores == ref.removal_scores
+    with pytest.raises(ValueError, match="survivor_order"):
+        rank_heads(net, x, 0, survivor_order="stale")
+
+
 def test_trait_removal_identity_substrate_and_mass() -> None:
     net = _net()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)

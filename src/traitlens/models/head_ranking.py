@@ -10,10 +10,11 @@ import torch
 from traitlens.backbones.introspect import vit_layout
 from traitlens.models.promptcam import BLURS, PromptCAM
 
-__all__ = ["CRITERIA", "STOPS", "HeadRanking", "rank_heads"]
+__all__ = ["CRITERIA", "STOPS", "SURVIVOR_ORDERS", "HeadRanking", "rank_heads"]
 
 CRITERIA = ("prob", "logit")
 STOPS = ("keep_k", "until_misclassified")
+SURVIVOR_ORDERS = ("scores", "reference")
 
 
 @dataclass
@@ -48,6 +49,7 @@ def rank_heads(
     blur: str = "all",
     criterion: str = "prob",
     stop: str = "keep_k",
+    survivor_order: str = "scores",
 ) -> HeadRanking:
     """Rank the last block's heads for class `target` by progressive blurring (models.md §1.5).
 
@@ -66,11 +68,17 @@ def rank_heads(
         blur: "all" (reference: row uniform over all keys) or "patches" (paper: uniform 1/M over patches).
         criterion: "prob" (reference) or "logit" (paper); the scores reported in `removal_scores`.
         stop: "keep_k" (reference) or "until_misclassified" (paper: stop before the prediction would leave c).
+        survivor_order: how the survivors are ordered among themselves. "scores" (default): by their own
+            last-round scores. "reference": as the reference's display does (`visualize_run.py`), which pairs the
+            last removal round's scores, listed over the heads *before* that removal, with the survivors *after* it,
+            position by position, so every survivor behind the removed head takes its left neighbour's score. The
+            kept set and the removal order are the same either way.
 
     Returns:
         A `HeadRanking`.
     """
-    for name, value, allowed in (("blur", blur, BLURS), ("criterion", criterion, CRITERIA), ("stop", stop, STOPS)):
+    for name, value, allowed in (("blur", blur, BLURS), ("criterion", criterion, CRITERIA), ("stop", stop, STOPS),
+                                 ("survivor_order", survivor_order, SURVIVOR_ORDERS)):
         if value not in allowed:
             raise ValueError(f"unknown {name} '{value}'; choose from {allowed}")
     if not isinstance(net, PromptCAM):
@@ -93,6 +101,7 @@ def rank_heads(
         xb, tb = x[b : b + 1], tgt[b : b + 1]
         remaining, removed, scores_b = list(range(R)), [], []
         last_scores: dict[int, float] = {}
+        stale: dict[int, float] | None = None  # the reference's pairing, set by a round that removed a head
         min_keep = k if stop == "keep_k" else 1
         while len(remaining) > min_keep:
             cand = torch.zeros(len(remaining), 1, R, dtype=torch.bool, device=x.device)
@@ -101,6 +110,7 @@ def rank_heads(
             s_c = net.class_row_scores(xb, tb, cand, n_p, blur)[:, 0]  # [n_cand]
             evaluations += len(remaining)
             last_scores = {r: float(v) for r, v in zip(remaining, s_c.tolist(), strict=True)}
+            stale = None  # a round that stops without removing keeps its scores aligned
             win = int(torch.argmax(s_c))  # first maximum = lower head index on ties
             if stop == "until_misclassified":
                 changed = base[b].clone()
@@ -108,6 +118,7 @@ def rank_heads(
                 if int(changed.argmax()) != c:
                     break  # blurring even the least useful head would lose class c: keep the rest
             r_star = remaining.pop(win)
+            stale = {r: float(v) for r, v in zip(remaining, s_c.tolist(), strict=False)}
             removed.append(r_star)
             scores_b.append(_criterion(s_c[win], others, criterion))
         if not last_scores and remaining:
@@ -118,7 +129,8 @@ def rank_heads(
             s_c = net.class_row_scores(xb, tb, cand, n_p, blur)[:, 0]
             evaluations += len(remaining)
             last_scores = {r: float(v) for r, v in zip(remaining, s_c.tolist(), strict=True)}
-        survivors = sorted(remaining, key=lambda r: (last_scores[r], r))
+        paired = stale if survivor_order == "reference" and stale is not None else last_scores
+        survivors = sorted(remaining, key=lambda r: (paired[r], r))
         orders.append(survivors + removed[::-1])
         kept.append(len(survivors))
         removal_scores.append(scores_b)
