@@ -2,12 +2,14 @@
 
 Every dataset returns sample dicts (``image`` float [3,H,W] in [0,1], ``label`` int64, ``index``
 and, where known, ``box``, ``parts``, ``mask``, ``part_masks``, ``trait_masks``) so one set of
-transforms, trainers and metrics serves TraitShapes, CUB-layout folders and ImageFolder trees.
+transforms, trainers and metrics serves TraitShapes, CUB-layout folders and ImageFolder trees;
+``detect_layout`` says which of the two folder layouts a path holds.
 """
 
 from traitlens.data.errors import DataError
 from traitlens.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist, read_idx
 from traitlens.data.folders import IMAGE_EXTENSIONS, CUBDataset, ImageFolderDataset, TraitTable, load_image
+from traitlens.data.layout import LAYOUTS, SPLIT_NAMES, Layout, detect_layout, split_folders
 from traitlens.data.traitshapes import (
     PART_NAMES,
     PRESETS,
@@ -42,10 +44,12 @@ from traitlens.data.transforms import (
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
+    "LAYOUTS",
     "PART_NAMES",
     "PRESETS",
     "SLOTS",
     "SLOT_PARTS",
+    "SPLIT_NAMES",
     "CUBDataset",
     "CenterCrop",
     "Compose",
@@ -53,6 +57,7 @@ __all__ = [
     "FashionMNIST",
     "ImageFolderDataset",
     "InMemoryDataset",
+    "Layout",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "Resize",
@@ -65,6 +70,7 @@ __all__ = [
     "class_names",
     "class_traits",
     "colour_histogram_baseline",
+    "detect_layout",
     "differing_slots",
     "discriminative_mask",
     "export_cub",
@@ -76,4 +82,5 @@ __all__ = [
     "render",
     "sample_label",
     "sibling_pairs",
+    "split_folders",
 ]

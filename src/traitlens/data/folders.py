@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from traitlens.data.errors import DataError
+from traitlens.data.layout import _is_split_tree, _subdirs
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ __all__ = ["IMAGE_EXTENSIONS", "CUBDataset", "ImageFolderDataset", "TraitTable",
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 """File suffixes (case-insensitive) that ``ImageFolderDataset`` picks up."""
-
-_SPLIT_NAMES = ("train", "val", "test")
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -125,12 +124,12 @@ class ImageFolderDataset(_FileDataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
-        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+        subdirs = _subdirs(root)
         if split is not None:
             if split not in subdirs:
                 raise FileNotFoundError(f"split folder {root / split} not found; {root} has {subdirs}")
             root = root / split
-        elif subdirs and set(subdirs) <= set(_SPLIT_NAMES):
+        elif _is_split_tree(subdirs):
             raise DataError(f"{root} holds split folders {subdirs}; pass split= one of them")
         self.root = root
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
