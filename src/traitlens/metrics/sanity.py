@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from traitlens.metrics._common import SSIM_SETTINGS, explanation_parts, minmax_ssim, spearman
 from traitlens.metrics._registry import MetricResult, register_metric
+from traitlens.metrics.inputs import explanation_parts
+from traitlens.metrics.stats import SSIM_SETTINGS, minmax_ssim, spearman
 
 __all__ = ["mprt", "mprt_layers", "randomize_parameters"]
 
