@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -272,7 +272,7 @@ def register_metric(
     """
     if (direction is None) == (outputs is None):
         raise ValueError("pass exactly one of direction= or outputs=")
-    outs = {name: direction} if outputs is None else dict(outputs)
+    outs = {name: cast(str, direction)} if outputs is None else dict(outputs)  # exactly one is given (checked)
     if any(d not in DIRECTIONS for d in outs.values()):
         raise ValueError(f"directions must be in {DIRECTIONS}")
     if category not in CATEGORIES:

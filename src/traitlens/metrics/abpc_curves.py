@@ -62,8 +62,9 @@ def abpc(
     """
     if preset is not None and preset not in ABPC_PRESETS:
         raise ValueError(f"unknown ABPC preset '{preset}'; choose from {list(ABPC_PRESETS)}")
-    p = ABPC_PRESETS.get(preset, {"unit": None, "fractions": None, "substrate": "zero", "score": "prob",
-                                  "target": "explained", "auc": "trapezoid", "maps": "exp"})
+    generic: dict[str, Any] = {"unit": None, "fractions": None, "substrate": "zero", "score": "prob",
+                               "target": "explained", "auc": "trapezoid", "maps": "exp"}
+    p = ABPC_PRESETS[preset] if preset is not None else generic
     unit = unit if unit is not None else p["unit"]
     fractions = fractions if fractions is not None else p["fractions"]
     auc = auc or p["auc"]

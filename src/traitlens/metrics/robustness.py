@@ -92,7 +92,7 @@ def infidelity(
     targets = resolve_targets(target, exp_targets, model, images, labels, K, batch_size).to(images.device)
     ids = batch_indices(indices, B)
     pert: Perturbation = (perturbation if callable(perturbation)
-                          else lambda x, g: perturbation_noise(perturbation, x, g, sigma=sigma))  # type: ignore[arg-type]
+                          else lambda x, g: perturbation_noise(perturbation, x, g, sigma=sigma))
     noise = torch.cat([pert(images[b:b + 1].expand(n_samples, -1, -1, -1), image_generator(seed, ids[b]))
                        for b in range(B)])  # [B·n, C,H,W], image-major like captum's repeat_interleave
     x_rep = images.repeat_interleave(n_samples, 0)

@@ -3,10 +3,10 @@ CDAM v1 "correctness" proxy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from traitlens.metrics._registry import MetricResult, knob_record, register_aggregator, register_metric
 from traitlens.metrics.stats import pearson, spearman
@@ -35,7 +35,7 @@ def _pooled_spearman(result: MetricResult) -> float:
                  cost="P+1 forwards per image (TAM), all K targets free", spec="metrics.md §1.5",
                  summary="Pearson r between the method's raw patch scores and token-ablation (TAM) scores")
 def tam_agreement(
-    model: Callable[[torch.Tensor], Any],
+    model: nn.Module,
     images: torch.Tensor,
     exp: Any,
     *,

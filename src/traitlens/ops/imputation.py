@@ -38,10 +38,12 @@ def noisy_linear_impute(
     whenever a pixel is kept, which CG solves batched on the device ('cg', tol relative to ‖b‖) or SciPy's sparse LU
     per image ('direct', on the CPU). Then N(0, noise²) is added to each imputed value.
 
-    The noise of image n is drawn as one [C,H,W] float64 `randn` from `generators[n]` (seeded per image, so it does
-    not depend on batching); `generator` instead draws every image's noise from one generator, in order; with
-    neither, from the global RNG.
+    Noise: image n draws one [C,H,W] float64 `randn` from `generators[n]` (seeded per image, so it does not depend
+    on batching; the global RNG when not given). `generator` instead draws the whole batch's noise at once, as one
+    [N,C,H,W] `randn` in the images' dtype (the convention of Prompt-CAM's trait removal, models.md §1.6).
     """
+    if generators is not None and generator is not None:
+        raise ValueError("pass generators= (one per image) or generator= (one per batch), not both")
     N, C, H, W = images.shape
     x = images.double()
     U = removed.to(x.device).bool().view(N, 1, H, W)
@@ -52,10 +54,11 @@ def noisy_linear_impute(
     else:
         raise ValueError(f"unknown solver '{solver}'; choose 'cg' or 'direct'")
     if noise:
-        if generators is not None and generator is not None:
-            raise ValueError("pass generators= (one per image) or generator=, not both")
-        gens: Sequence[torch.Generator | None] = generators or [generator] * N
-        eps = torch.stack([torch.randn((C, H, W), generator=g, dtype=torch.float64) for g in gens]).to(x.device)
+        if generator is not None:
+            eps = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(x)
+        else:
+            gens: Sequence[torch.Generator | None] = generators or [None] * N
+            eps = torch.stack([torch.randn((C, H, W), generator=g, dtype=torch.float64) for g in gens]).to(x.device)
         sol = sol + noise * eps
     return torch.where(U, sol, x).to(images.dtype)
 
