@@ -7,7 +7,7 @@ import torch
 
 from traitlens.explain import explain
 from traitlens.metrics import class_sensitivity, pairwise_class_similarity, random_logit, ssim, trait_precision
-from traitlens.metrics._common import minmax_ssim
+from traitlens.metrics.stats import minmax_ssim
 
 
 def explainer_for(method: str, **opts):

@@ -20,7 +20,8 @@ from traitlens.metrics import (
     road,
     tam_agreement,
 )
-from traitlens.metrics._common import location_ranks, perturbation_scores, pixel_ranks, rise_blur_kernel, substrate
+from traitlens.metrics.perturbation import perturbation_scores, rise_blur_kernel, substrate
+from traitlens.metrics.ranking import location_ranks, pixel_ranks
 
 # The §8 toy: a single-channel 2×2 image x = [[4,3],[2,1]], f(x) = mean(x) as a logit, map s = x, substrate 0.
 X = torch.tensor([[4.0, 3.0], [2.0, 1.0]], dtype=torch.float64).view(1, 1, 2, 2)

@@ -133,7 +133,7 @@ def _present_masks(items: Sequence[dict[str, Any]], ids: list[torch.Tensor], K: 
                    boxes: list[torch.Tensor] | None) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
     """Per-present-class masks [B,K,H,W] from `mask` (one per present class, or one per class) or from boxes with
     `box_labels`; also the box class ids. (None, None) when neither is given."""
-    from traitlens.metrics._common import boxes_to_masks
+    from traitlens.metrics import boxes_to_masks
 
     H, W = size
     box_labels = ([torch.as_tensor(it["box_labels"]).long().flatten() for it in items]
@@ -162,7 +162,7 @@ def _present_masks(items: Sequence[dict[str, Any]], ids: list[torch.Tensor], K: 
 
 def load_batch(dataset: Dataset, indices: Sequence[int], traits: TraitInfo | None = None) -> Batch:
     """Read `indices` from `dataset` (dict items) into a `Batch`."""
-    from traitlens.metrics._common import boxes_to_masks
+    from traitlens.metrics import boxes_to_masks
 
     items = [dataset[i] for i in indices]
     first = items[0]

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from traitlens.backbones.preprocess import normalize
 from traitlens.evaluation._data import load_batch, trait_info
 from traitlens.explain import Explanation, explain, get_method, list_methods
-from traitlens.metrics._common import raw_pixel_maps
-from traitlens.metrics.localisation import _dilate, energy_share
+from traitlens.metrics import dilate as _dilate
+from traitlens.metrics import energy_share, raw_pixel_maps
 
 __all__ = ["ContrastScores", "contrast_explanation", "score_contrast"]
 

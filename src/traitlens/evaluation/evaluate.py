@@ -42,8 +42,7 @@ from traitlens.backbones.preprocess import normalize
 from traitlens.evaluation._data import Batch, TraitInfo, load_batch, trait_info
 from traitlens.evaluation.lsc import LSC_READING, LscRule, check_lsc_rule, lsc_targets
 from traitlens.explain import Explanation, explain, get_method
-from traitlens.metrics import MetricInputs, MetricResult, get_metric
-from traitlens.metrics._registry import MetricInfo
+from traitlens.metrics import MetricInfo, MetricInputs, MetricResult, get_metric
 
 __all__ = ["MASK_SOURCES", "TARGETS", "EvalResults", "Explainer", "evaluate", "model_fingerprint"]
 
@@ -295,7 +294,7 @@ def _unmet(req: _Request, batch: Batch, per_class: bool) -> str | None:
 
 def _class_box_masks(batch: Batch) -> torch.Tensor:
     """[B,K,H,W]: per present class the rasterised union of its boxes (multi-label, mask source 'box')."""
-    from traitlens.metrics._common import boxes_to_masks
+    from traitlens.metrics import boxes_to_masks
 
     B, K = batch.present.shape
     out = torch.zeros(B, K, *batch.images01.shape[-2:], dtype=torch.bool)

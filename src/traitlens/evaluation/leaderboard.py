@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from traitlens.evaluation._data import trait_info
 from traitlens.evaluation.evaluate import EvalResults, Explainer, evaluate
 from traitlens.explain import Explanation, explain, get_method, list_methods
-from traitlens.metrics._common import logits_of
+from traitlens.metrics import logits_of
 
 __all__ = [
     "COLUMNS",

@@ -99,7 +99,7 @@ def lsc_targets(
     Example:
         >>> lsc_targets(model, x, "traits", labels=y, class_traits=class_traits(config))  # doctest: +SKIP
     """
-    from traitlens.metrics._common import predict
+    from traitlens.metrics import predict
 
     rule = check_lsc_rule(rule, class_traits)
     if rule == "min_logit":

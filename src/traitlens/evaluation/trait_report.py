@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from traitlens.backbones.preprocess import normalize
 from traitlens.evaluation._data import Batch, load_batch, trait_info
 from traitlens.explain import explain, upsample_maps
-from traitlens.metrics._common import raw_pixel_maps
+from traitlens.metrics import raw_pixel_maps
 
 __all__ = ["TraitReport", "part_disks", "trait_report"]
 

@@ -12,16 +12,6 @@ Example:
     >>> [m.name for m in list_metrics(category="localisation")]  # doctest: +SKIP
 """
 
-from traitlens.metrics._common import (
-    average_ranks,
-    boxes_to_masks,
-    connected_components,
-    image_generator,
-    location_ranks,
-    pearson,
-    spearman,
-    ssim,
-)
 from traitlens.metrics._registry import (
     MetricInfo,
     MetricInputs,
@@ -50,16 +40,23 @@ from traitlens.metrics.faithfulness import (
     road,
     tam_agreement,
 )
+from traitlens.metrics.inputs import image_generator, logits_of, predict, raw_pixel_maps
 from traitlens.metrics.localisation import (
     area_size,
     energy_pointing_game,
+    energy_share,
     mask_overlap,
     pointing_game,
     pxap,
     wsol,
 )
+from traitlens.metrics.masks import boxes_to_masks
+from traitlens.metrics.ranking import location_ranks
 from traitlens.metrics.robustness import infidelity, sensitivity_max
 from traitlens.metrics.sanity import mprt, mprt_layers, randomize_parameters
+from traitlens.metrics.stats import average_ranks, pearson, spearman, ssim
+from traitlens.ops.components import connected_components
+from traitlens.ops.morphology import dilate
 
 __all__ = [
     "MetricInfo",
@@ -77,8 +74,10 @@ __all__ = [
     "complexity",
     "connected_components",
     "deletion",
+    "dilate",
     "effective_complexity",
     "energy_pointing_game",
+    "energy_share",
     "get_metric",
     "gini",
     "image_generator",
@@ -86,6 +85,7 @@ __all__ = [
     "insertion",
     "list_metrics",
     "location_ranks",
+    "logits_of",
     "mask_overlap",
     "mprt",
     "mprt_layers",
@@ -94,9 +94,11 @@ __all__ = [
     "pairwise_class_similarity",
     "pearson",
     "pointing_game",
+    "predict",
     "pxap",
     "random_logit",
     "randomize_parameters",
+    "raw_pixel_maps",
     "register_metric",
     "resolve_metrics",
     "road",

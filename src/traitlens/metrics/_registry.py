@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -27,6 +27,7 @@ __all__ = [
     "MetricInputs",
     "MetricResult",
     "get_metric",
+    "knob_record",
     "list_metrics",
     "register_metric",
     "resolve_metrics",
@@ -145,6 +146,11 @@ class MetricResult:
         return {"name": self.name, "value": self.value, "direction": self.direction, "n": self.n,
                 "n_nan": self.n_nan, "n_flagged": 0 if self.flagged is None else int(self.flagged.sum()),
                 "knobs": _jsonable(self.knobs)}
+
+
+def knob_record(**knobs: Any) -> dict[str, Any]:
+    """A result's knobs record: the given settings without the unset (None) ones."""
+    return {k: v for k, v in knobs.items() if v is not None}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -266,7 +272,7 @@ def register_metric(
     """
     if (direction is None) == (outputs is None):
         raise ValueError("pass exactly one of direction= or outputs=")
-    outs = {name: direction} if outputs is None else dict(outputs)
+    outs = {name: cast(str, direction)} if outputs is None else dict(outputs)  # exactly one is given (checked)
     if any(d not in DIRECTIONS for d in outs.values()):
         raise ValueError(f"directions must be in {DIRECTIONS}")
     if category not in CATEGORIES:

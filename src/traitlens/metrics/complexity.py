@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from traitlens.metrics._common import explanation_parts
 from traitlens.metrics._registry import MetricResult, register_metric
+from traitlens.metrics.inputs import explanation_parts
 
 __all__ = ["complexity", "effective_complexity", "gini", "near_zero_fraction"]
 

@@ -9,19 +9,11 @@ from typing import Any
 
 import torch
 
-from traitlens.metrics._common import (
-    SSIM_SETTINGS,
-    batch_indices,
-    explanation_parts,
-    image_generator,
-    location_ranks,
-    minmax_ssim,
-    pearson,
-    predict,
-    spearman,
-)
 from traitlens.metrics._registry import MetricResult, register_metric
-from traitlens.metrics.localisation import energy_share
+from traitlens.metrics.inputs import batch_indices, explanation_parts, image_generator, predict
+from traitlens.metrics.pointing import energy_share
+from traitlens.metrics.ranking import location_ranks
+from traitlens.metrics.stats import SSIM_SETTINGS, minmax_ssim, pearson, spearman
 
 __all__ = ["class_sensitivity", "pairwise_class_similarity", "random_logit", "trait_precision"]
 

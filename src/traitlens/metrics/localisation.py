@@ -1,5 +1,6 @@
-"""Localisation metrics (metrics.md §3): pointing game, energy pointing game, mask overlap (generic and the
-AGCAM preset), the WSOL box metrics (GT-known / Top-1 Loc, MaxBoxAcc, MaxBoxAccV2), PxAP and area size.
+"""Localisation metrics (metrics.md §3). This module holds the WSOL box metrics (GT-known / Top-1 Loc, MaxBoxAcc,
+MaxBoxAccV2) and PxAP (§3.4); the pointing game, energy pointing game and area size (`pointing`, §3.1, §3.2, §3.5)
+and mask overlap (`overlap`, §3.3) are importable from here too.
 
 None of them runs the model except the presets that skip or score by the prediction. Localisation targets are
 masks [B,H,W] or [B,K,H,W] (object, class or TraitShapes trait masks) or per-image boxes, which rasterise to the
@@ -14,23 +15,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from traitlens.metrics._common import (
-    boxes_to_masks,
-    connected_components,
-    explanation_parts,
-    location_ranks,
-    masks_for,
-    minmax,
-    predict,
-)
 from traitlens.metrics._registry import MetricResult, register_aggregator, register_metric
+from traitlens.metrics.inputs import explanation_parts, misclassified
+from traitlens.metrics.masks import masks_for
+from traitlens.metrics.overlap import mask_overlap
+from traitlens.metrics.pointing import area_size, energy_pointing_game, energy_share, pointing_game
+from traitlens.metrics.stats import minmax, nan_where
+from traitlens.ops.components import component_boxes, connected_components
 
 __all__ = [
+    "CONTOUR_MODES",
     "area_size",
     "component_boxes",
+    "connected_components",
     "energy_pointing_game",
+    "energy_share",
     "hole_boxes",
     "mask_overlap",
     "pointing_game",
@@ -38,186 +38,7 @@ __all__ = [
     "wsol",
 ]
 
-_EPS_AGCAM = 1e-5
 CONTOUR_MODES = ("outer", "tree")
-
-
-def _nan_where(values: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    return torch.where(cond, torch.full_like(values, math.nan), values)
-
-
-def _targets_or_dummy(targets: torch.Tensor | None, B: int, K: int) -> torch.Tensor:
-    return targets.long().cpu() if targets is not None else torch.full((B, K), -1, dtype=torch.long)
-
-
-# ----------------------------------------------------------------------------- pointing game
-
-
-def _dilate(masks: torch.Tensor, tol: float) -> torch.Tensor:
-    """Pixels at squared distance strictly < tol² from some mask pixel (tol = 0: the mask itself)."""
-    if tol <= 0:
-        return masks
-    r = math.ceil(tol) - 1 if float(tol).is_integer() else math.floor(tol)
-    d = torch.arange(-r, r + 1, dtype=torch.float64)
-    disk = ((d[:, None] ** 2 + d[None, :] ** 2) < tol**2).double()
-    lead, (H, W) = masks.shape[:-2], masks.shape[-2:]
-    out = F.conv2d(masks.reshape(-1, 1, H, W).double(), disk.view(1, 1, *disk.shape).to(masks.device), padding=r)
-    return (out > 0.5).view(*lead, H, W)
-
-
-@register_aggregator("macro_classes")
-def _macro_classes(result: MetricResult) -> float:
-    """Per-class mean over (image, target) samples of that class, then the mean over classes (TorchRay 'macro')."""
-    v, c = result.values.flatten(), result.extras["classes"].flatten()
-    keep = ~torch.isnan(v)
-    v, c = v[keep], c[keep]
-    if v.numel() == 0:
-        return math.nan
-    classes = c.unique()
-    return float(torch.stack([v[c == k].mean() for k in classes]).mean())
-
-
-@register_metric("pointing_game", category="localisation", direction="higher", needs=["masks"],
-                 cost="no forwards", spec="metrics.md §3.1",
-                 summary="Is the map's maximum within tol px of the target mask? (macro mean over classes)")
-def pointing_game(
-    exp: Any,
-    masks: torch.Tensor | None = None,
-    boxes: Sequence[torch.Tensor] | None = None,
-    *,
-    tol: float = 15,
-    ties: str = "first",
-    aggregate: str = "macro",
-    level: str = "pixel",
-) -> MetricResult:
-    """Pointing game (Zhang et al. 2016; TorchRay) (metrics.md §3.1). ↑.
-
-    The point is the first maximal pixel in row-major order (`torch.argmax`); it is a hit iff some target pixel
-    lies at squared distance **strictly** < tol² (tol = 0: the point lies inside the mask). `ties='any'` counts a
-    hit if any maximal pixel qualifies (Quantus). The aggregate is the per-class accuracy averaged over classes
-    ('macro', TorchRay's default) or pooled ('micro').
-
-    Args:
-        exp: `Explanation` or raw map tensor [B,(K,)H,W].
-        masks: [B,H,W] or [B,K,H,W] bool targets; or `boxes` (per image [n,4] xyxy).
-        tol: tolerance in pixels (TorchRay: 15).
-    """
-    maps, targets = explanation_parts(exp, level)
-    B, K, H, W = maps.shape
-    m = masks_for(masks, boxes, B, K, (H, W)).to(maps.device)
-    near = _dilate(m, tol).flatten(-2)
-    flat = maps.flatten(-2)
-    if ties == "first":
-        hit = near.gather(-1, flat.argmax(-1, keepdim=True)).squeeze(-1)
-    elif ties == "any":
-        hit = ((flat == flat.max(-1, keepdim=True).values) & near).any(-1)
-    else:
-        raise ValueError(f"unknown ties '{ties}'; choose 'first' or 'any'")
-    if aggregate not in ("macro", "micro"):
-        raise ValueError(f"unknown aggregate '{aggregate}'; choose 'macro' or 'micro'")
-    values = _nan_where(hit.double(), ~m.flatten(-2).any(-1))
-    return MetricResult("pointing_game", values, "higher",
-                        {"spec": "metrics.md §3.1", "tol": tol, "ties": ties, "aggregate": aggregate, "level": level},
-                        extras={"classes": _targets_or_dummy(targets, B, K)},
-                        aggregate="macro_classes" if aggregate == "macro" else "mean")
-
-
-# ----------------------------------------------------------------------------- energy pointing game
-
-
-def _signed(maps: torch.Tensor, sign: str) -> torch.Tensor:
-    if sign == "minmax":
-        return minmax(maps.double())[0]
-    if sign == "positive":
-        return maps.double().clamp_min(0)
-    raise ValueError(f"unknown sign '{sign}'; choose 'minmax' or 'positive'")
-
-
-def energy_share(s: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Σ_{p∈G} s(p) / Σ_p s(p) for non-negative s [...,H,W] and bool G; NaN when Σ s = 0 or G is empty."""
-    total = s.flatten(-2).sum(-1)
-    inside = (s * region).flatten(-2).sum(-1)
-    out = inside / torch.where(total > 0, total, torch.ones_like(total))
-    return _nan_where(out, (total <= 0) | ~region.flatten(-2).any(-1))
-
-
-@register_metric("energy_pointing_game", category="localisation", direction="higher", needs=["masks"],
-                 cost="no forwards", spec="metrics.md §3.2",
-                 summary="Share of the (min-maxed) map's energy inside the target region")
-def energy_pointing_game(
-    exp: Any,
-    masks: torch.Tensor | None = None,
-    boxes: Sequence[torch.Tensor] | None = None,
-    *,
-    sign: str = "minmax",
-    region: str = "union",
-    level: str = "pixel",
-) -> MetricResult:
-    """Energy-based pointing game (Score-CAM) (metrics.md §3.2). ↑.
-
-    s ← minmax(s) (`sign='minmax'`, the reference) or max(s, 0) ('positive', for signed maps);
-    **EBPG = Σ_{p∈G} s(p) / Σ_p s(p)** with G the union of the target boxes / the mask (`region='union'`) or the
-    best single box (`'best_box'`, SCOUTER's "precision"). Σ s = 0 gives NaN. Report beside `area_size`.
-    """
-    maps, _ = explanation_parts(exp, level)
-    B, K, H, W = maps.shape
-    s = _signed(maps, sign)
-    if region == "union":
-        values = energy_share(s, masks_for(masks, boxes, B, K, (H, W)).to(s.device))
-    elif region == "best_box":
-        if boxes is None:
-            raise ValueError("region='best_box' needs boxes")
-        values = torch.full((B, K), math.nan, dtype=torch.float64)
-        for b, bx in enumerate(boxes):
-            bx = torch.as_tensor(bx).view(-1, 4)
-            if bx.shape[0]:
-                single = boxes_to_masks([box[None] for box in bx], (H, W)).to(s.device)  # [n,H,W]
-                shares = energy_share(s[b][:, None], single[None])  # [K,n]
-                values[b] = torch.nan_to_num(shares, nan=-math.inf).max(-1).values.cpu()
-        values = _nan_where(values, torch.isinf(values))
-    else:
-        raise ValueError(f"unknown region '{region}'; choose 'union' or 'best_box'")
-    return MetricResult("energy_pointing_game", values, "higher",
-                        {"spec": "metrics.md §3.2", "sign": sign, "region": region, "level": level})
-
-
-@register_metric("area_size", category="localisation", direction="none", needs=[], cost="no forwards",
-                 spec="metrics.md §3.5", summary="Mean of the min-maxed map: the fraction of 'lit' area (report only)")
-def area_size(exp: Any, *, level: str = "pixel") -> MetricResult:
-    """SCOUTER's area size (metrics.md §3.5): mean of the min-max-normalised map. No direction (smaller = more
-    concise); report it beside EBPG and mask overlap. A constant map gives NaN."""
-    maps, _ = explanation_parts(exp, level)
-    s, degenerate = minmax(maps.double())
-    return MetricResult("area_size", _nan_where(s.flatten(-2).mean(-1), degenerate), "none",
-                        {"spec": "metrics.md §3.5", "level": level})
-
-
-# ----------------------------------------------------------------------------- mask overlap
-
-
-def component_boxes(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounding boxes of labelled components of [N,H,W] (0 = background).
-
-    Returns (owner [R] image index, boxes [R,5] long: xmin, ymin, xmax, ymax (inclusive), pixel count), ordered by
-    (image, label).
-    """
-    N, H, W = labels.shape
-    flat = labels.reshape(N, -1)
-    n_idx, pix = torch.nonzero(flat, as_tuple=True)
-    if n_idx.numel() == 0:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, 5, dtype=torch.long)
-    key = n_idx * (H * W + 1) + flat[n_idx, pix]
-    uniq, inv = torch.unique(key, return_inverse=True)
-    R = uniq.numel()
-    ys, xs = pix // W, pix % W
-
-    def red(v: torch.Tensor, how: str) -> torch.Tensor:
-        init = torch.full((R,), H * W if how == "amin" else -1, dtype=torch.long, device=labels.device)
-        return init.scatter_reduce(0, inv, v, reduce=how, include_self=True)
-
-    count = torch.zeros(R, dtype=torch.long, device=labels.device).scatter_add_(0, inv, torch.ones_like(inv))
-    boxes = torch.stack([red(xs, "amin"), red(ys, "amin"), red(xs, "amax"), red(ys, "amax"), count], 1)
-    return uniq // (H * W + 1), boxes
 
 
 def hole_boxes(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,141 +55,6 @@ def hole_boxes(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     enclosed = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < W - 1) & (boxes[:, 3] < H - 1)
     grow = torch.tensor([-1, -1, 1, 1], dtype=boxes.dtype, device=boxes.device)
     return owner[enclosed], boxes[enclosed, :4] + grow
-
-
-def _rects_union(owner: torch.Tensor, boxes: torch.Tensor, N: int, H: int, W: int) -> torch.Tensor:
-    """Union of the AGCAM reference rectangles [y : y+h+1, x : x+w+1] (1 px larger), per image → [N,H,W]."""
-    if owner.numel() == 0:
-        return torch.zeros(N, H, W, dtype=torch.bool)
-    ys = torch.arange(H)[None, :, None]
-    xs = torch.arange(W)[None, None, :]
-    b = boxes.cpu()
-    inside = ((ys >= b[:, 1, None, None]) & (ys <= b[:, 3, None, None] + 1)
-              & (xs >= b[:, 0, None, None]) & (xs <= b[:, 2, None, None] + 1))
-    return torch.zeros(N, H, W, dtype=torch.long).index_add_(0, owner.cpu(), inside.long()) > 0
-
-
-def _int_boxes_mask(boxes: Sequence[torch.Tensor], H: int, W: int) -> torch.Tensor:
-    """AGCAM's GT mask: the union of int() boxes filled inclusively [ymin:ymax+1, xmin:xmax+1]."""
-    out = torch.zeros(len(boxes), H, W, dtype=torch.bool)
-    for i, bx in enumerate(boxes):
-        for x0, y0, x1, y1 in torch.as_tensor(bx, dtype=torch.float64).view(-1, 4).tolist():
-            out[i, int(y0):int(y1) + 1, int(x0):int(x1) + 1] = True
-    return out
-
-
-def _overlap_scores(pred: torch.Tensor, gt: torch.Tensor, eps: float = 0.0) -> dict[str, torch.Tensor]:
-    """IoU, Dice, precision, recall, pixel accuracy of bool [...,H,W] pairs; an empty denominator gives NaN
-    (with eps > 0, the AGCAM reference's smoothed ratios instead)."""
-    p, g = pred.flatten(-2), gt.flatten(-2)
-    tp = (p & g).sum(-1).double()
-    fp = (p & ~g).sum(-1).double()
-    fn = (~p & g).sum(-1).double()
-    tn = (~p & ~g).sum(-1).double()
-
-    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-        if eps:
-            return (num + eps) / (den + eps)
-        return _nan_where(num / torch.where(den > 0, den, torch.ones_like(den)), den <= 0)
-
-    return {"iou": ratio(tp, tp + fp + fn), "dice": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp),
-            "recall": ratio(tp, tp + fn), "pixel_acc": ratio(tp + tn, tp + tn + fp + fn)}
-
-
-_OVERLAP_OUTPUTS = {"iou": "higher", "dice": "higher", "precision": "higher", "recall": "higher",
-                    "pixel_acc": "higher"}
-
-
-@register_metric("mask_overlap", category="localisation", needs=["masks"], outputs=_OVERLAP_OUTPUTS,
-                 cost="no forwards (preset 'agcam': 1 forward to skip misclassified images)", spec="metrics.md §3.3",
-                 summary="IoU / Dice / precision / recall / pixel accuracy of the thresholded map vs the target mask")
-def mask_overlap(
-    exp: Any,
-    masks: torch.Tensor | None = None,
-    boxes: Sequence[torch.Tensor] | None = None,
-    *,
-    tau: float | str | None = 0.5,
-    preset: str | None = None,
-    model: Callable[[torch.Tensor], Any] | None = None,
-    images: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    tie_break: str = "index",
-    level: str = "pixel",
-    batch_size: int = 64,
-) -> dict[str, MetricResult]:
-    """Mask overlap of the thresholded map with the target (metrics.md §3.3). All ↑.
-
-    Generic: s min-max normalised, **P = {p : s(p) > τ}** (strict). τ = 0.5 (default), 'mean' (the map mean),
-    'area' (the top-|G| pixels, area-matched, §0 tie rule) or 'max_iou' (τ ∈ {0, 0.01, …, 0.99} chosen per
-    sample for the best IoU — optimistic, recorded as such). IoU = TP/(TP+FP+FN), Dice = 2TP/(2TP+FP+FN),
-    precision = TP/(TP+FP), recall = TP/(TP+FN), pixel accuracy = (TP+TN)/HW; an empty denominator gives NaN.
-
-    Preset 'agcam' (the AGCAM repository's `localization.py`, a box-vs-mask overlap, not BoxAcc): the map must be
-    for the predicted class; misclassified images give NaN (needs `model`, `images`, `labels`, or `exp.logits`).
-    Map = min-max(bilinear(patch_maps)), binarised > τ (τ=None: the map mean); the prediction is the union of the
-    bounding rectangles of its 8-connected components, each filled 1 px larger as in the reference; the GT is the
-    union of int() boxes filled inclusively (or `masks`); ratios use ε = 1e-5: IoU = (TP+ε)/(TP+FP+FN+ε), ...
-    """
-    maps, _ = explanation_parts(exp, level)
-    B, K, H, W = maps.shape
-    knobs: dict[str, Any] = {"spec": "metrics.md §3.3", "preset": preset, "level": level}
-    if preset == "agcam":
-        if not isinstance(exp, torch.Tensor):
-            up = F.interpolate(exp.patch_maps.reshape(B * K, 1, *exp.patch_maps.shape[-2:]).double(), size=(H, W),
-                               mode="bilinear", align_corners=False)
-            maps = up.view(B, K, H, W)
-        s, _ = minmax(maps.double())
-        thr = s.flatten(-2).mean(-1)[..., None, None] if tau is None else torch.as_tensor(tau, dtype=torch.float64)
-        binary = (s > thr).cpu()
-        owner, cboxes = component_boxes(connected_components(binary.view(B * K, H, W)))
-        pred = _rects_union(owner, cboxes, B * K, H, W).view(B, K, H, W)
-        gt = _int_boxes_mask(boxes, H, W)[:, None].expand(B, K, H, W) if boxes is not None and masks is None \
-            else masks_for(masks, boxes, B, K, (H, W)).cpu()
-        scores = _overlap_scores(pred, gt, eps=_EPS_AGCAM)
-        wrong = _misclassified(model, images, labels, exp, B, K, batch_size)
-        scores = {k: _nan_where(v, wrong) for k, v in scores.items()}
-        knobs.update(tau=tau if tau is not None else "mean", eps=_EPS_AGCAM, maps="bilinear+minmax of patch_maps",
-                     prediction="union of component rectangles (+1 px)", skip="misclassified images (NaN)")
-    elif preset is None:
-        s, _ = minmax(maps.double())
-        gt = masks_for(masks, boxes, B, K, (H, W)).to(s.device)
-        if tau == "max_iou":
-            grid = torch.arange(100, dtype=torch.float64) / 100
-            sweep = _overlap_scores(s[..., None, :, :] > grid.view(-1, 1, 1), gt[..., None, :, :])
-            best = torch.nan_to_num(sweep["iou"], nan=-1.0).argmax(-1, keepdim=True)
-            scores = {k: v.gather(-1, best).squeeze(-1) for k, v in sweep.items()}
-            knobs["optimistic"] = "tau chosen per sample for the best IoU"
-        else:
-            if tau == "mean":
-                pred = s > s.flatten(-2).mean(-1)[..., None, None]
-            elif tau == "area":
-                ranks = location_ranks(s.flatten(-2), "morf", tie_break).view_as(s)
-                pred = ranks < gt.flatten(-2).sum(-1)[..., None, None]
-                knobs["tie_break"] = tie_break
-            elif isinstance(tau, (int, float)):
-                pred = s > tau
-            else:
-                raise ValueError(f"unknown tau {tau!r}; a float, 'mean', 'area' or 'max_iou'")
-            scores = _overlap_scores(pred, gt)
-        empty = ~gt.flatten(-2).any(-1)
-        scores = {k: _nan_where(v, empty) for k, v in scores.items()}
-        knobs["tau"] = tau
-    else:
-        raise ValueError(f"unknown mask_overlap preset '{preset}'; choose None or 'agcam'")
-    return {name: MetricResult(name, v, "higher", knobs) for name, v in scores.items()}
-
-
-def _misclassified(model: Any, images: torch.Tensor | None, labels: torch.Tensor | None, exp: Any,
-                   B: int, K: int, batch_size: int) -> torch.Tensor:
-    if labels is None:
-        raise ValueError("preset 'agcam' needs labels to skip misclassified images")
-    logits = getattr(exp, "logits", None)
-    if logits is None:
-        if model is None or images is None:
-            raise ValueError("preset 'agcam' needs the model and images (or exp.logits) for the predictions")
-        logits = predict(model, images, batch_size)
-    wrong = logits.argmax(-1).cpu() != labels.long().cpu()
-    return wrong.view(B, 1).expand(B, K)
 
 
 # ----------------------------------------------------------------------------- WSOL box metrics
@@ -497,21 +183,21 @@ def wsol(
             iou_all[b, k], iou_large[b, k] = _wsol_ious(s[b, k], gt, thresholds, contours)
     valid = ~torch.isnan(iou_all[..., 0])
     fix = int(np.argmin(np.abs(thresholds - tau_fix)))
-    gt_known = _nan_where((iou_large[..., fix] >= 0.5).double() * 100, ~valid)
+    gt_known = nan_where((iou_large[..., fix] >= 0.5).double() * 100, ~valid)
     knobs = {"spec": "metrics.md §3.4", "cam_curve_interval": cam_curve_interval, "tau_fix": tau_fix,
              "iou_thresholds": list(iou_thresholds), "level": level, "largest": "pixel count",
              "contours": contours}
     extras = {"iou_all": iou_all, "iou_largest": iou_large}
     per_v2 = torch.stack([(iou_all >= d).double().amax(-1) for d in iou_thresholds]).mean(0) * 100
     out = {
-        "maxboxacc_v2": MetricResult("maxboxacc_v2", _nan_where(per_v2, ~valid), "higher", knobs, extras=extras,
+        "maxboxacc_v2": MetricResult("maxboxacc_v2", nan_where(per_v2, ~valid), "higher", knobs, extras=extras,
                                      aggregate="maxboxacc_v2"),
-        "maxboxacc": MetricResult("maxboxacc", _nan_where((iou_large >= 0.5).double().amax(-1) * 100, ~valid),
+        "maxboxacc": MetricResult("maxboxacc", nan_where((iou_large >= 0.5).double().amax(-1) * 100, ~valid),
                                   "higher", knobs, extras=extras, aggregate="maxboxacc"),
         "gt_known_loc": MetricResult("gt_known_loc", gt_known, "higher", knobs),
     }
     if labels is not None and (getattr(exp, "logits", None) is not None or (model is not None and images is not None)):
-        wrong = _misclassified(model, images, labels, exp, B, K, batch_size)
+        wrong = misclassified(model, images, labels, exp, B, K, batch_size)
         top1 = torch.where(wrong, torch.zeros_like(gt_known), gt_known)
         out["top1_loc"] = MetricResult("top1_loc", top1, "higher", knobs)
     return out

@@ -10,15 +10,15 @@ from typing import Any
 
 import torch
 
-from traitlens.metrics._common import (
-    _space,
+from traitlens.metrics._registry import MetricResult, register_metric
+from traitlens.metrics.inputs import (
     batch_indices,
     explanation_parts,
     image_generator,
+    in_score_space,
     logits_of,
     resolve_targets,
 )
-from traitlens.metrics._registry import MetricResult, register_metric
 
 __all__ = ["PERTURBATIONS", "infidelity", "perturbation_noise", "sensitivity_max"]
 
@@ -92,15 +92,15 @@ def infidelity(
     targets = resolve_targets(target, exp_targets, model, images, labels, K, batch_size).to(images.device)
     ids = batch_indices(indices, B)
     pert: Perturbation = (perturbation if callable(perturbation)
-                          else lambda x, g: perturbation_noise(perturbation, x, g, sigma=sigma))  # type: ignore[arg-type]
+                          else lambda x, g: perturbation_noise(perturbation, x, g, sigma=sigma))
     noise = torch.cat([pert(images[b:b + 1].expand(n_samples, -1, -1, -1), image_generator(seed, ids[b]))
                        for b in range(B)])  # [B·n, C,H,W], image-major like captum's repeat_interleave
     x_rep = images.repeat_interleave(n_samples, 0)
     tgt_rep = targets.repeat_interleave(n_samples, 0)
     with torch.no_grad():
-        clean = _space(logits_of(model(images)), score).gather(-1, targets)  # [B,K]
+        clean = in_score_space(logits_of(model(images)), score).gather(-1, targets)  # [B,K]
         pert_scores = torch.cat([
-            _space(logits_of(model(x_rep[i:i + batch_size] - noise[i:i + batch_size])), score)
+            in_score_space(logits_of(model(x_rep[i:i + batch_size] - noise[i:i + batch_size])), score)
             .gather(-1, tgt_rep[i:i + batch_size]) for i in range(0, B * n_samples, batch_size)])
     dfx = (clean.repeat_interleave(n_samples, 0) - pert_scores).double().view(B, n_samples, K)
     phi = maps.to(images.device).double()  # [B,K,H,W]; broadcast over channels

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from traitlens.metrics._common import SSIM_SETTINGS, explanation_parts, minmax_ssim, spearman
 from traitlens.metrics._registry import MetricResult, register_metric
+from traitlens.metrics.inputs import explanation_parts
+from traitlens.metrics.stats import SSIM_SETTINGS, minmax_ssim, spearman
 
 __all__ = ["mprt", "mprt_layers", "randomize_parameters"]
 
@@ -41,12 +42,13 @@ def mprt_layers(model: nn.Module) -> list[Layer]:
     names = dict(model.named_children())
     if "blocks" in names and "patch_embed" in names:
         layers: list[Layer] = []
-        head = [n for n in ("head", "fc_norm", "head_drop", "attn_pool") if n in names]
+        head: list[str] = [n for n in ("head", "fc_norm", "head_drop", "attn_pool") if n in names]
         if head:
             layers.append(("head", head))
         if "norm" in names:
             layers.append(("norm", ["norm"]))
-        for i in reversed(range(len(model.blocks))):
+        blocks: Any = model.blocks  # an nn.Sequential / nn.ModuleList of blocks
+        for i in reversed(range(len(blocks))):
             layers.append((f"blocks.{i}", [f"blocks.{i}"]))
         embed = ["patch_embed"] + [n for n, _ in model.named_parameters(recurse=False)]
         layers.append(("embed", embed))
