@@ -96,7 +96,7 @@ class TargetSpec:
         return ids
 
     @property
-    def num_targets(self) -> int | None:
+    def num_targets(self) -> int:
         """K when known before the forward pass (always, except never for concepts: 1)."""
         if self.concept is not None:
             return 1
