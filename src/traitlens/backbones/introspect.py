@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from traitlens.backbones.protocols import as_vit
+
 __all__ = ["ViTLayout", "class_names_of", "is_vit", "vit_layout"]
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,8 @@ def is_vit(model: nn.Module) -> bool:
     return (
         hasattr(model, "patch_embed")
         and hasattr(model, "blocks")
-        and len(model.blocks) > 0
-        and hasattr(model.blocks[0], "attn")
+        and len(as_vit(model).blocks) > 0
+        and hasattr(as_vit(model).blocks[0], "attn")
     )
 
 
@@ -72,10 +74,11 @@ def vit_layout(model: nn.Module, image_size: tuple[int, int] | None = None) -> V
             f"{type(model).__name__} is not a ViT with `patch_embed` and `blocks`; "
             "attention-based methods need a timm VisionTransformer (or a model exposing the same parts)."
         )
-    pe = model.patch_embed
+    vit = as_vit(model)
+    pe = vit.patch_embed
     patch = _pair(pe.patch_size)
     if image_size is not None and getattr(model, "dynamic_img_size", False):
-        grid = _pair(pe.dynamic_feat_size(tuple(image_size)))
+        grid = _pair(pe.dynamic_feat_size((image_size[0], image_size[1])))
     elif image_size is not None and not getattr(pe, "strict_img_size", True):
         grid = (image_size[0] // patch[0], image_size[1] // patch[1])
     else:
@@ -87,8 +90,8 @@ def vit_layout(model: nn.Module, image_size: tuple[int, int] | None = None) -> V
         patch_size=patch,
         global_pool=str(getattr(model, "global_pool", "token")),
         has_cls=getattr(model, "cls_token", None) is not None,
-        num_blocks=len(model.blocks),
-        num_heads=int(model.blocks[-1].attn.num_heads),
+        num_blocks=len(vit.blocks),
+        num_heads=int(vit.blocks[-1].attn.num_heads),
     )
 
 

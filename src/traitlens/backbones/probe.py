@@ -8,12 +8,14 @@ removed and fused attention always restored on exit, also when the body raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Attention as TimmAttention
+
+from traitlens.backbones.protocols import ViTBlock, as_vit
 
 __all__ = ["AttentionProbe", "UnsupportedAttentionError"]
 
@@ -67,8 +69,8 @@ class AttentionProbe:
         if not hasattr(model, "blocks"):
             raise TypeError(f"{type(model).__name__} has no `blocks`; AttentionProbe needs a timm-style ViT")
         self.model = model
-        n = len(model.blocks)
-        idx = range(n) if blocks == "all" else blocks
+        n = len(self._blocks)
+        idx: Iterable[int] = range(n) if blocks == "all" else cast(Sequence[int], blocks)
         self.block_ids = sorted({i % n for i in idx})
         self.capture = tuple(capture)
         unknown = set(self.capture) - set(CAPTURES)
@@ -85,9 +87,13 @@ class AttentionProbe:
         self.block_output: dict[int, torch.Tensor] = {}
         self._check()
 
+    @property
+    def _blocks(self) -> Sequence[ViTBlock]:
+        return as_vit(self.model).blocks
+
     def _check(self) -> None:
         for i in self.block_ids:
-            attn = self.model.blocks[i].attn
+            attn = self._blocks[i].attn
             if "attn" in self.capture and not hasattr(attn, "attn_drop"):
                 raise UnsupportedAttentionError(
                     f"block {i}: {type(attn).__name__} does not route attention probabilities through "
@@ -100,13 +106,13 @@ class AttentionProbe:
                 )
 
 
-    def _store(self, name: str, i: int):
-        store = getattr(self, name)
+    def _store(self, name: str, i: int) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
+        store: dict[int, torch.Tensor] = getattr(self, name)
 
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
             output = _leaf(output)
             store[i] = output
-            store[i - len(self.model.blocks)] = output
+            store[i - len(self._blocks)] = output
             return output
 
         return hook
@@ -114,7 +120,7 @@ class AttentionProbe:
     def __enter__(self) -> AttentionProbe:
         try:
             for i in self.block_ids:
-                blk = self.model.blocks[i]
+                blk = self._blocks[i]
                 attn = blk.attn
                 if "attn" in self.capture:
                     if hasattr(attn, "fused_attn"):
@@ -138,11 +144,11 @@ class AttentionProbe:
             raise
         return self
 
-    def _pre_store(self, i: int):
-        def hook(_module: nn.Module, args: tuple) -> tuple:
+    def _pre_store(self, i: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             x = _leaf(args[0])
             self.block_input[i] = x
-            self.block_input[i - len(self.model.blocks)] = x
+            self.block_input[i - len(self._blocks)] = x
             return (x, *args[1:])
 
         return hook
@@ -156,14 +162,14 @@ class AttentionProbe:
             h.remove()
         self._handles.clear()
         for i, fused in self._fused.items():
-            self.model.blocks[i].attn.fused_attn = fused
+            self._blocks[i].attn.fused_attn = fused
         self._fused.clear()
 
     def scores(self, i: int) -> torch.Tensor:
         """Pre-softmax scores S = (q·scale)kᵀ of block i, [B,H,N,N] (no attention mask is applied)."""
         if i not in self.q or i not in self.k:
             raise RuntimeError("scores() needs capture=('q', 'k') and a forward pass inside the probe")
-        attn = self.model.blocks[i].attn
+        attn = self._blocks[i].attn
         return (self.q[i] * attn.scale) @ self.k[i].transpose(-2, -1)
 
     @staticmethod
@@ -181,5 +187,5 @@ class AttentionProbe:
         )
 
 
-def _detach_first_input(_module: nn.Module, args: tuple) -> tuple:
+def _detach_first_input(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (args[0].detach(), *args[1:])

@@ -10,6 +10,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Attention, Block
 
 from traitlens.backbones.introspect import vit_layout
+from traitlens.backbones.protocols import ViTBlock, as_vit
 
 __all__ = ["head_forward", "readout_rows", "split_forward", "trunk_forward"]
 
@@ -24,13 +25,14 @@ def _check_timm_vit(model: nn.Module) -> None:
 def trunk_forward(model: nn.Module, images: torch.Tensor, k: int) -> torch.Tensor:
     """Tokens x^(k) entering block k: patch_embed → _pos_embed → patch_drop → norm_pre → blocks[:k], no grad."""
     _check_timm_vit(model)
-    k = k % (len(model.blocks) + 1) if k < 0 else k
+    vit = as_vit(model)
+    k = k % (len(vit.blocks) + 1) if k < 0 else k
     with torch.no_grad():
-        x = model.patch_embed(images)
-        x = model._pos_embed(x)
-        x = model.patch_drop(x)
-        x = model.norm_pre(x)
-        for blk in model.blocks[:k]:
+        x = vit.patch_embed(images)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        for blk in vit.blocks[:k]:
             x = blk(x)
     return x
 
@@ -41,7 +43,7 @@ def readout_rows(model: nn.Module) -> int | None:
     None also when the last block is not a plain timm `Block` with timm `Attention`, whose maths
     `_last_block_rows` reproduces.
     """
-    block = model.blocks[-1]
+    block = as_vit(model).blocks[-1]
     if type(block).forward is not Block.forward or type(block.attn).forward is not Attention.forward:
         return None
     if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
@@ -49,7 +51,7 @@ def readout_rows(model: nn.Module) -> int | None:
     return 2 if hasattr(model, "head_dist") else 1
 
 
-def _last_block_rows(block: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+def _last_block_rows(block: ViTBlock, x: torch.Tensor, rows: int) -> torch.Tensor:
     """A timm `Block` evaluated for its first `rows` output tokens only: queries, projection and MLP run on those
     rows, keys and values on every token. Equals `block(x)[:, :rows]`; ~6× cheaper than the full block when the
     head reads the CLS token alone, and the gradient w.r.t. the inputs (and `norm1`'s output) is unchanged."""
@@ -82,15 +84,17 @@ def head_forward(model: nn.Module, tokens: torch.Tensor, k: int, pre_logits: boo
     model allows it; hooks on that block's attention then see [M, heads, rows, N], so only callers that need no
     attention capture (CDAM) ask for it.
     """
-    k = k % (len(model.blocks) + 1) if k < 0 else k
-    rows = readout_rows(model) if readout_only and k < len(model.blocks) else None
+    vit = as_vit(model)
+    blocks = vit.blocks
+    k = k % (len(blocks) + 1) if k < 0 else k
+    rows = readout_rows(model) if readout_only and k < len(blocks) else None
     x = tokens
-    for blk in model.blocks[k:len(model.blocks) - (rows is not None)]:
+    for blk in blocks[k:len(blocks) - (rows is not None)]:
         x = blk(x)
     if rows is not None:
-        x = _last_block_rows(model.blocks[-1], x, rows)
-    x = model.norm(x)
-    return model.forward_head(x, pre_logits=pre_logits)
+        x = _last_block_rows(blocks[-1], x, rows)
+    x = vit.norm(x)
+    return vit.forward_head(x, pre_logits=pre_logits)
 
 
 def split_forward(model: nn.Module, images: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,10 +1,15 @@
-"""Post-hoc explanation methods, one file each, behind one registry and one `explain` entry point."""
+"""Post-hoc explanation methods, one file each, behind one registry and one `explain` entry point.
+
+New methods subclass `Explainer` (or `GradientExplainer`) and register with `@register_method`.
+"""
 
 import importlib
 import pkgutil
 
+from traitlens.explain._base import Explainer
 from traitlens.explain._concept import Concept
 from traitlens.explain._explanation import Attribution, Explanation
+from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
 from traitlens.explain._registry import MethodInfo, get_method, list_methods, register_method
 from traitlens.explain._targets import TargetSpec, target_scores
@@ -17,8 +22,12 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "Attribution",
+    "ChunkMaps",
     "Concept",
+    "Explainer",
     "Explanation",
+    "GradientChunk",
+    "GradientExplainer",
     "MethodInfo",
     "TargetSpec",
     "explain",

@@ -1,4 +1,4 @@
-"""Explainer base class and the shared helpers every post-hoc method uses."""
+"""Explainer base class (the extension point for new methods) and the helpers every post-hoc method uses."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import MethodInfo
 from traitlens.explain._targets import TargetSpec
 
-__all__ = ["Explainer", "fuse", "query_row"]
+__all__ = ["Explainer", "fuse", "image_size", "query_row"]
 
 log = logging.getLogger(__name__)
 _warned_pool: set[tuple[int, str]] = set()
@@ -23,7 +23,34 @@ _warned_pool: set[tuple[int, str]] = set()
 class Explainer:
     """Base of every method: configuration in the constructor, data in `attribute` (like captum).
 
-    Subclasses are registered with `@register_method(...)` and implement `attribute`.
+    A method is one subclass in one file, registered with one `@register_method(...)` decorator, which gives it
+    its name and metadata (`MethodInfo`, posthoc.md §0). The constructor takes the model and the method's options
+    as explicit keyword arguments (`explain` checks the names against its signature) and validates them;
+    `attribute` returns the raw token-grid maps, and `explain` upsamples and normalises them with the registry
+    defaults. Methods that backpropagate per image chunk subclass `GradientExplainer` instead. Modules in
+    `traitlens/explain/` register on import; a method defined elsewhere registers when its module is imported.
+
+    Example:
+        >>> import torch
+        >>> from traitlens.explain import Attribution, Explainer, explain, register_method
+        >>> @register_method("token_norm", signed=False, class_specific=False, needs_grad=False,  # doctest: +SKIP
+        ...                  default_upsample="nearest", default_norm="minmax", cost="1 forward, no grad",
+        ...                  summary="L2 norm of the final patch tokens")
+        ... class TokenNorm(Explainer):
+        ...     def __init__(self, model, p: float = 2.0):
+        ...         super().__init__(model)
+        ...         self.p = p
+        ...
+        ...     def attribute(self, images, target, target_space="logit"):
+        ...         layout = self.layout(images)
+        ...         with torch.no_grad():
+        ...             tokens = self.model.forward_features(images)
+        ...             logits = self.model.forward_head(tokens)
+        ...         targets = target.resolve(logits)  # [B,K]
+        ...         maps = tokens[:, layout.num_prefix_tokens:].norm(p=self.p, dim=-1)
+        ...         maps = maps.reshape(-1, 1, *layout.grid).expand(-1, targets.shape[1], -1, -1)
+        ...         return Attribution(maps.contiguous(), targets, logits)
+        >>> exp = explain(model, x, method="token_norm", p=1.0)  # doctest: +SKIP
     """
 
     info: ClassVar[MethodInfo]
@@ -39,7 +66,7 @@ class Explainer:
 
     def layout(self, images: torch.Tensor) -> ViTLayout:
         """Token layout for this input size; warns once when the model does not pool the CLS token."""
-        layout = vit_layout(self.model, tuple(images.shape[-2:]))
+        layout = vit_layout(self.model, image_size(images))
         key = (id(self.model), self.info.name)
         if layout.global_pool != "token" and key not in _warned_pool:
             _warned_pool.add(key)
@@ -49,6 +76,11 @@ class Explainer:
                 stacklevel=3,
             )
         return layout
+
+
+def image_size(images: torch.Tensor) -> tuple[int, int]:
+    """(H, W) of an image batch [..., H, W]."""
+    return (images.shape[-2], images.shape[-1])
 
 
 def query_row(attn: torch.Tensor, layout: ViTLayout, query: str = "cls") -> torch.Tensor:

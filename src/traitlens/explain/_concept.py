@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from traitlens._io import atomic_write
 from traitlens.backbones.preprocess import data_config, load_images, normalize
+from traitlens.backbones.protocols import TimmClassifier
 
 __all__ = ["SIMILARITIES", "Concept", "backbone_id", "preprocessing_hash"]
 
@@ -54,7 +55,8 @@ def preprocessing_hash(model: nn.Module) -> str:
 
 def latent(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """l(x) = forward_head(forward_features(x), pre_logits=True) ∈ R^{B×D'} (works with num_classes=0)."""
-    return model.forward_head(model.forward_features(images), pre_logits=True)
+    classifier = cast(TimmClassifier, model)
+    return classifier.forward_head(classifier.forward_features(images), pre_logits=True)
 
 
 @dataclass
@@ -129,10 +131,10 @@ class Concept:
         if model.training:
             warnings.warn("computing a concept with a model in training mode; call model.eval() first", stacklevel=2)
         with torch.no_grad():
-            total = None
-            for chunk in images.split(batch_size):
-                s = latent(model, chunk).sum(0)
-                total = s if total is None else total + s
+            chunks = images.split(batch_size)
+            total = latent(model, chunks[0]).sum(0)
+            for chunk in chunks[1:]:
+                total = total + latent(model, chunk).sum(0)
         vector = total / images.shape[0]
         return cls(name=name, vector=vector, backbone=backbone_id(model), preprocessing=preprocessing_hash(model),
                    n_images=int(images.shape[0]), similarity=similarity)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from traitlens.explain._base import Explainer
 
 __all__ = ["MethodInfo", "get_method", "list_methods", "register_method"]
+
+_E = TypeVar("_E", bound="type[Explainer]")
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class MethodInfo:
     """
 
     name: str
-    cls: type
+    cls: type[Explainer]
     signed: bool
     class_specific: bool
     needs_grad: bool
@@ -55,10 +61,10 @@ def register_method(
     summary: str,
     families: tuple[str, ...] = ("vit",),
     concept: bool = False,
-) -> Callable[[type], type]:
+) -> Callable[[_E], _E]:
     """Class decorator adding an explainer to the registry under `name`."""
 
-    def deco(cls: type) -> type:
+    def deco(cls: _E) -> _E:
         if name in _METHODS:
             raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls.__qualname__}")
         info = MethodInfo(name, cls, signed, class_specific, needs_grad, default_upsample, default_norm,

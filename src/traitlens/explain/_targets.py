@@ -96,11 +96,14 @@ class TargetSpec:
         return ids
 
     @property
-    def num_targets(self) -> int | None:
+    def num_targets(self) -> int:
         """K when known before the forward pass (always, except never for concepts: 1)."""
         if self.concept is not None:
             return 1
-        return self.topk if self.topk is not None else int(self.fixed.shape[1])
+        if self.topk is not None:
+            return self.topk
+        assert self.fixed is not None  # _parse sets topk or fixed for every non-concept target
+        return int(self.fixed.shape[1])
 
     @property
     def needs_logits(self) -> bool:
@@ -116,6 +119,7 @@ class TargetSpec:
             return self.fixed.to(device) if device is not None else self.fixed
         if logits is None:
             raise ValueError("top-k targets need the model's logits")
+        assert self.topk is not None  # neither a concept nor fixed ids: a top-k request
         return logits.detach().topk(self.topk, dim=-1).indices
 
     def names(self, targets: torch.Tensor) -> list[list[str]] | None:

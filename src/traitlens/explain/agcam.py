@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
-from traitlens.explain._base import Explainer, fuse
-from traitlens.explain._explanation import Attribution
-from traitlens.explain._gradients import (
-    _check_options,
-    _check_state,
-    _chunk_scores,
-    _chunks,
-    _per_target,
-    _target_grads,
-)
+from traitlens.backbones.protocols import ViTAttention, as_vit
+from traitlens.explain._base import fuse
+from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._registry import register_method
-from traitlens.explain._targets import TargetSpec
 
 __all__ = ["AGCAM"]
 
@@ -33,7 +27,7 @@ GRAD_ACTS = ("relu", "abs", "none")
     cost="1 forward (unfused attention in all blocks) + 1 backward down to block 1's attention (detached inputs)",
     summary="Attention-Guided CAM: Σ_k Σ_h sigmoid(S^k_h[q0]) ⊙ ReLU(∂y/∂A^k_h[q0]) with attention inputs detached",
 )
-class AGCAM(Explainer):
+class AGCAM(GradientExplainer):
     """M = Σ_k Σ_h sigmoid(Ŝ^k_h) ⊙ ReLU(Ĝ^k_h) ∈ R^P, M ≥ 0 (posthoc.md §4).
 
     Ŝ^k_h = S^k_h[q0, n_p:] are pre-softmax scores (q·scale)kᵀ, Ĝ^k_h = ∂y/∂A^k_h[q0, n_p:] with A the post-softmax
@@ -62,16 +56,14 @@ class AGCAM(Explainer):
     def __init__(self, model: nn.Module, head_fusion: str = "sum", layer_fusion: str = "sum",
                  score_act: str = "sigmoid", grad_act: str = "relu", detach_attention_input: bool = True,
                  multi_target: str = "vjp", internal_batch_size: int | None = 16, query: str = "cls") -> None:
-        super().__init__(model)
         for name, value, allowed in (("head_fusion", head_fusion, FUSIONS), ("layer_fusion", layer_fusion, FUSIONS),
                                      ("score_act", score_act, SCORE_ACTS), ("grad_act", grad_act, GRAD_ACTS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} '{value}'; choose from {allowed}")
-        _check_options(multi_target, internal_batch_size, query)
+        super().__init__(model, multi_target, internal_batch_size, query)
         self.head_fusion, self.layer_fusion = head_fusion, layer_fusion
         self.score_act, self.grad_act = score_act, grad_act
         self.detach_attention_input = bool(detach_attention_input)
-        self.multi_target, self.internal_batch_size, self.query = multi_target, internal_batch_size, query
 
     def _rows(self, layout: ViTLayout) -> slice:
         """Query rows whose products are averaged: row q0, or the patch rows for 'mean_patches'."""
@@ -79,21 +71,23 @@ class AGCAM(Explainer):
             return slice(0, 1)
         return slice(layout.num_prefix_tokens, layout.num_tokens)
 
-    def _forward(self, inp: torch.Tensor, layout: ViTLayout) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                                      list[torch.Tensor]]:
+    def _forward(self, inp: torch.Tensor, layout: ViTLayout,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """One forward with all blocks hooked: (logits, S rows [B,H,R,N] per block, A [B,H,N,N] per block).
 
         The S rows are computed inside each attention's forward hook and q/k are dropped right away, so only
-        [B,H,R,N] per block is stored (R = 1 for the CLS row).
+        [B,H,R,N] per block is stored (R = 1 for the CLS row). `forward` defaults to the whole model.
         """
+        forward = self.model if forward is None else forward
         rows = self._rows(layout)
         L = layout.num_blocks
         scores: dict[int, torch.Tensor] = {}
         with torch.enable_grad(), AttentionProbe(self.model, blocks="all", capture=("attn", "q", "k"),
                                                  detach_attention_input=self.detach_attention_input) as probe:
 
-            def fold(i: int):
-                def hook(module: nn.Module, *_: object) -> None:
+            def fold(i: int) -> Callable[..., None]:
+                def hook(module: ViTAttention, *_: object) -> None:
                     q, k = probe.q.pop(i), probe.k.pop(i)
                     probe.q.pop(i - L, None)
                     probe.k.pop(i - L, None)
@@ -102,54 +96,33 @@ class AGCAM(Explainer):
 
                 return hook
 
-            handles = [blk.attn.register_forward_hook(fold(i)) for i, blk in enumerate(self.model.blocks)]
+            handles = [blk.attn.register_forward_hook(fold(i)) for i, blk in enumerate(as_vit(self.model).blocks)]
             try:
-                logits = self.model(inp)
+                logits = forward(inp)
             finally:
                 for h in handles:
                     h.remove()
             attn = [probe.attn[i] for i in range(L)]
         return logits, [scores[i] for i in range(L)], attn
 
-    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        _check_state(self.model)
-        layout = self.layout(images)
-        if self.query == "cls" and not layout.has_cls:
-            raise ValueError("the model has no CLS token; pass query='mean_patches'")
-        B, K = images.shape[0], target.num_targets
-        expand = self.multi_target == "expand" and K > 1
-        maps, heads, all_targets, all_logits = [], [], [], []
-        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
-            m, h, t, lg = self._chunk(images[start:stop], target, start, stop, K, expand, layout, target_space)
-            maps.append(m)
-            heads.append(h)
-            all_targets.append(t)
-            all_logits.append(lg)
-        grid = layout.grid
-        return Attribution(torch.cat(maps).reshape(B, K, *grid), torch.cat(all_targets), torch.cat(all_logits),
-                           torch.cat(heads).reshape(B, K, -1, *grid))
-
-    def _chunk(self, x: torch.Tensor, target: TargetSpec, start: int, stop: int, K: int, expand: bool,
-               layout: ViTLayout, space: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
+    def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
         n_p = layout.num_prefix_tokens
         rows = self._rows(layout)
-        inp = x.repeat_interleave(K, dim=0) if expand else x
-        logits, scores, attn = self._forward(inp, layout)
+        logits, scores, attn = self._forward(chunk.replicated(), layout, chunk.forward)
         with torch.enable_grad():
-            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
-            grads = _target_grads(y, attn, n, K, expand)  # L × [n,K,H,N,N]
+            image_logits, targets, y = chunk.scores(logits)
+            grads = chunk.grads(y, attn)  # L × [n,K,H,N,N]
         del attn
         per_block = []
         for s, g in zip(scores, grads, strict=True):
-            s_hat = _per_target(s, n, K, expand)[..., n_p:]  # [n,K|1,H,R,P]
+            s_hat = chunk.per_target(s)[..., n_p:]  # [n,K|1,H,R,P]
             g_hat = g[..., rows, n_p:]  # [n,K,H,R,P]
             per_block.append((self._act_scores(s_hat) * self._act_grads(g_hat)).mean(-2))  # mean over R query rows
         del grads
         stacked = torch.stack(per_block, dim=2)  # [n,K,L,H,P]
         fused = fuse(fuse(stacked, self.head_fusion, dim=3), self.layer_fusion, dim=2)  # [n,K,P]
         head_maps = fuse(stacked, self.layer_fusion, dim=2)  # [n,K,H,P]
-        return fused.detach(), head_maps.detach(), targets, image_logits.detach()
+        return ChunkMaps(fused.detach(), targets, image_logits.detach(), head_maps.detach())
 
     def _act_scores(self, s: torch.Tensor) -> torch.Tensor:
         return s.sigmoid() if self.score_act == "sigmoid" else s

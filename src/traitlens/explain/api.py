@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from traitlens.backbones.introspect import class_names_of
+from traitlens.explain._base import Explainer, image_size
 from traitlens.explain._explanation import Explanation
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
 from traitlens.explain._registry import get_method
@@ -89,7 +90,7 @@ def explain(
         pixel = raw.extras["pixel_maps"]  # pixel-space methods keep their full-resolution map
     else:
         used_upsample = upsample or info.default_upsample
-        pixel = upsample_maps(raw.patch_maps, tuple(images.shape[-2:]), used_upsample)
+        pixel = upsample_maps(raw.patch_maps, image_size(images), used_upsample)
     maps, degenerate = normalize_maps(pixel, norm)
     extras = {**raw.extras, "normalize": norm, "upsample": used_upsample}  # the knobs metrics record
     return Explanation(
@@ -106,7 +107,7 @@ def explain(
     )
 
 
-def _check_options(cls: type, method: str, options: dict[str, Any]) -> None:
+def _check_options(cls: type[Explainer], method: str, options: dict[str, Any]) -> None:
     """Name unknown options and list the valid ones, instead of Python's bare TypeError."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

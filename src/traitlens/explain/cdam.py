@@ -11,13 +11,14 @@ last block on given tokens (optionally with T replaced), with several targets by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 
 from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.protocols import as_vit
 from traitlens.backbones.trunk import head_forward, trunk_forward
 from traitlens.explain._base import Explainer
 from traitlens.explain._explanation import Attribution
@@ -67,13 +68,14 @@ def last_block_forward(
     The latent l = forward_head(..., pre_logits=True) is only computed for concept targets; the logits are then
     read off it (without grad), or None for headless models (`num_classes=0`).
     """
-    k = len(model.blocks) - 1
+    vit = as_vit(model)
+    k = len(vit.blocks) - 1
     if concept is None:
         return head_forward(model, tokens, k, readout_only=True), None
     lat = head_forward(model, tokens, k, pre_logits=True, readout_only=True)
     if not getattr(model, "num_classes", 0):
         return None, lat
-    head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
+    head = vit.get_classifier() if hasattr(model, "get_classifier") else vit.head
     with torch.no_grad():
         logits = head(lat)
     return logits, lat
@@ -103,7 +105,7 @@ def cdam_pass(
         (scores [M,K,N] detached, logits [M,C] detached or None, targets [M,K]). With K > 1 the targets are
         backpropagated in one call with `is_grads_batched` and one-hot grad_outputs ('vjp').
     """
-    norm1 = model.blocks[-1].norm1
+    norm1 = as_vit(model).blocks[-1].norm1
     handle = None
     with torch.enable_grad():
         try:
@@ -119,7 +121,9 @@ def cdam_pass(
         T = probe.norm1[-1]
         if callable(targets):
             targets = targets(logits)
-        y = concept.score(lat).unsqueeze(-1) if concept is not None else target_scores(logits, targets, target_space)
+        # Without a concept the logits exist: only headless models (concept targets only) give None.
+        y = (concept.score(lat).unsqueeze(-1) if concept is not None
+             else target_scores(cast(torch.Tensor, logits), targets, target_space))
         M, K = y.shape
         if K == 1:
             # Images never mix in an eval-mode ViT, so the gradient of the sum is every image's own gradient.
@@ -290,7 +294,7 @@ class PerturbedCDAM(Explainer):
         if self.noise_level == 0:
             return None
         B = base.shape[0]
-        gens: list[torch.Generator | None]
+        gens: Sequence[torch.Generator | None]
         if isinstance(self.generator, list):
             if len(self.generator) != B:
                 raise ValueError(f"got {len(self.generator)} generators for {B} images; pass one per image")

@@ -8,18 +8,8 @@ import torch.nn.functional as F
 
 from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
-from traitlens.explain._base import Explainer
-from traitlens.explain._explanation import Attribution
-from traitlens.explain._gradients import (
-    _check_options,
-    _check_state,
-    _chunk_scores,
-    _chunks,
-    _per_target,
-    _target_grads,
-)
+from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._registry import register_method
-from traitlens.explain._targets import TargetSpec
 
 __all__ = ["GAE", "gae_relevance"]
 
@@ -48,7 +38,7 @@ def gae_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor], query: to
     cost="1 forward + 1 backward down to block 1's attention + L N² row updates; 2·L·H·N² floats per image",
     summary="Generic attention explainability (Chefer ICCV'21; 'RP' in CDAM): R = Π(I + mean_h(G⊙A)^+), CLS row",
 )
-class GAE(Explainer):
+class GAE(GradientExplainer):
     """GAE (posthoc.md §8): Ā_b = mean_h (G_b,h ⊙ A_b,h)^+, R_L = (I+Ā_L)⋯(I+Ā_1) (no row normalisation),
     map = R_L[q0, n_p:].
 
@@ -69,24 +59,7 @@ class GAE(Explainer):
 
     def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | None = 16,
                  query: str = "cls") -> None:
-        super().__init__(model)
-        _check_options(multi_target, internal_batch_size, query)
-        self.multi_target, self.internal_batch_size, self.query = multi_target, internal_batch_size, query
-
-    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        _check_state(self.model)
-        layout = self.layout(images)
-        if self.query == "cls" and not layout.has_cls:
-            raise ValueError("the model has no CLS token; pass query='mean_patches'")
-        B, K = images.shape[0], target.num_targets
-        expand = self.multi_target == "expand" and K > 1
-        maps, all_targets, all_logits = [], [], []
-        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
-            m, t, lg = self._chunk(images[start:stop], target, start, stop, K, expand, layout, target_space)
-            maps.append(m)
-            all_targets.append(t)
-            all_logits.append(lg)
-        return Attribution(torch.cat(maps).reshape(B, K, *layout.grid), torch.cat(all_targets), torch.cat(all_logits))
+        super().__init__(model, multi_target, internal_batch_size, query)
 
     def _query(self, layout: ViTLayout, like: torch.Tensor) -> torch.Tensor:
         """Row vector e [N]: one-hot at q0, or the mean of the patch rows for 'mean_patches'."""
@@ -97,16 +70,14 @@ class GAE(Explainer):
             e[layout.num_prefix_tokens:] = 1.0 / layout.num_patches
         return e
 
-    def _chunk(self, x: torch.Tensor, target: TargetSpec, start: int, stop: int, K: int, expand: bool,
-               layout: ViTLayout, space: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        inp = x.repeat_interleave(K, dim=0) if expand else x
+    def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
+        inp = chunk.replicated()
         with torch.enable_grad():
             with AttentionProbe(self.model, blocks="all", capture=("attn",)) as probe:
-                logits = self.model(inp)
+                logits = chunk.forward(inp)
                 attn = [probe.attn[i] for i in range(layout.num_blocks)]
-            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
-            grads = _target_grads(y, attn, n, K, expand)  # L × [n,K,H,N,N]
-        attn = [_per_target(a.detach(), n, K, expand) for a in attn]  # L × [n,K|1,H,N,N]
+            image_logits, targets, y = chunk.scores(logits)
+            grads = chunk.grads(y, attn)  # L × [n,K,H,N,N]
+        attn = [chunk.per_target(a.detach()) for a in attn]  # L × [n,K|1,H,N,N]
         row = gae_relevance(attn, grads, self._query(layout, attn[0]))  # [n,K,N]
-        return row[..., layout.num_prefix_tokens:].detach(), targets, image_logits.detach()
+        return ChunkMaps(row[..., layout.num_prefix_tokens:].detach(), targets, image_logits.detach())

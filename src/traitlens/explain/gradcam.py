@@ -1,13 +1,9 @@
-"""Grad-CAM: Chefer's ViT definition (posthoc.md §7), its token variant, and classic Grad-CAM for CNNs.
-
-Also home of the small gradient helpers shared by the gradient-based attention methods (AGCAM, GAE):
-state checks, image chunking, target resolution per chunk and one-backward-per-batch target gradients
-(posthoc.md §0 "Batching").
-"""
+"""Grad-CAM: Chefer's ViT definition (posthoc.md §7), its token variant, and classic Grad-CAM for CNNs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -15,26 +11,20 @@ import torch.nn.functional as F
 
 from traitlens.backbones.introspect import ViTLayout, is_vit
 from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.protocols import TimmClassifier, as_vit
 from traitlens.backbones.trunk import head_forward, trunk_forward
-from traitlens.explain._base import Explainer, query_row
+from traitlens.explain._base import query_row
 from traitlens.explain._explanation import Attribution
-from traitlens.explain._gradients import (
-    _check_options,
-    _check_state,
-    _chunk_scores,
-    _chunks,
-    _per_target,
-    _target_grads,
-)
+from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
+from traitlens.explain._gradients import _check_state
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
 
 __all__ = ["GradCAM", "GradCAMViT"]
 
 
-
 # --------------------------------------------------------------------------------------------------------------
-# Shared helpers (AGCAM and GAE import these too).
+# Grad-CAM for ViTs (Chefer) and its token variant.
 # --------------------------------------------------------------------------------------------------------------
 
 def _last_block_split(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor],
@@ -44,17 +34,13 @@ def _last_block_split(model: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
     Models without the timm VisionTransformer parts run the full forward instead (x = images), which gives the same
     gradients with more memory.
     """
-    k = len(model.blocks) - 1
+    k = len(as_vit(model).blocks) - 1
     try:
         tokens = trunk_forward(model, images, k)
     except TypeError:
         return images, model
     return tokens, lambda t: head_forward(model, t, k)
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Grad-CAM for ViTs (Chefer) and its token variant.
-# --------------------------------------------------------------------------------------------------------------
 
 def attn_cam(attn_rows: torch.Tensor, grad_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Chefer's Grad-CAM from query rows a_h = A_h[q0, n_p:] and g_h = G_h[q0, n_p:], both [..., H, P].
@@ -81,7 +67,7 @@ def token_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     summary="Grad-CAM for ViTs (Chefer): ReLU(mean_h(mean_j G_h[q0]·A_h[q0])) on the last block; "
             "variant='tokens' is pytorch-grad-cam on norm1 tokens",
 )
-class GradCAMViT(Explainer):
+class GradCAMViT(GradientExplainer):
     """Grad-CAM on the last block of a ViT (posthoc.md §7).
 
     `variant='attn'` (default, Chefer's `generate_cam_attn`): with A = A^L and G = ∂y/∂A^L,
@@ -105,56 +91,39 @@ class GradCAMViT(Explainer):
 
     def __init__(self, model: nn.Module, variant: str = "attn", multi_target: str = "expand",
                  internal_batch_size: int | None = 64, query: str = "cls") -> None:
-        super().__init__(model)
         if variant not in ("attn", "tokens"):
             raise ValueError(f"unknown variant '{variant}'; choose 'attn' (Chefer) or 'tokens' (pytorch-grad-cam)")
-        _check_options(multi_target, internal_batch_size, query)
-        self.variant, self.multi_target = variant, multi_target
-        self.internal_batch_size, self.query = internal_batch_size, query
+        super().__init__(model, multi_target, internal_batch_size, query)
+        self.variant = variant
 
-    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        _check_state(self.model)
-        layout = self.layout(images)
-        if self.variant == "attn" and self.query == "cls" and not layout.has_cls:
-            raise ValueError("the model has no CLS token; pass query='mean_patches'")
-        B, K = images.shape[0], target.num_targets
-        expand = self.multi_target == "expand" and K > 1
-        tokens, head = _last_block_split(self.model, images)
-        maps, heads, all_targets, all_logits = [], [], [], []
-        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
-            m, h, t, lg = self._chunk(tokens[start:stop], head, target, start, stop, K, expand, layout, target_space)
-            maps.append(m)
-            heads.append(h)
-            all_targets.append(t)
-            all_logits.append(lg)
-        grid = layout.grid
-        patch_maps = torch.cat(maps).reshape(B, K, *grid)
-        head_maps = None if heads[0] is None else torch.cat(heads).reshape(B, K, -1, *grid)
-        return Attribution(patch_maps, torch.cat(all_targets), torch.cat(all_logits).detach(), head_maps,
-                           extras={"variant": self.variant})
+    def _needs_cls(self) -> bool:
+        return self.variant == "attn" and self.query == "cls"
 
-    def _chunk(self, x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], target: TargetSpec, start: int,
-               stop: int, K: int, expand: bool, layout: ViTLayout,
-               space: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        inp = x.repeat_interleave(K, dim=0) if expand else x
+    def _split(self, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        return _last_block_split(self.model, images)
+
+    def _extras(self) -> dict[str, Any]:
+        return {"variant": self.variant}
+
+    def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
+        inp = chunk.replicated()
         capture = ("attn",) if self.variant == "attn" else ("norm1",)
         with torch.enable_grad(), AttentionProbe(self.model, blocks=[-1], capture=capture) as probe:
-            logits = head(inp)
+            logits = chunk.forward(inp)
         last = layout.num_blocks - 1
         with torch.enable_grad():
-            image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, space)
+            image_logits, targets, y = chunk.scores(logits)
             captured = probe.attn[last] if self.variant == "attn" else probe.norm1[last]
-            (grad,) = _target_grads(y, [captured], n, K, expand)
-        captured = _per_target(captured.detach(), n, K, expand)
+            (grad,) = chunk.grads(y, [captured])
+        captured = chunk.per_target(captured.detach())
         if self.variant == "attn":
             a = query_row(captured, layout, self.query)  # [n,K|1,H,P]
             g = query_row(grad, layout, self.query)  # [n,K,H,P]
             m, h = attn_cam(a, g)
-            return m.detach(), h.detach(), targets, image_logits
+            return ChunkMaps(m.detach(), targets, image_logits, h.detach())
         n_p = layout.num_prefix_tokens
         m = token_cam(captured[..., n_p:, :], grad[..., n_p:, :])
-        return m.detach(), None, targets, image_logits
+        return ChunkMaps(m.detach(), targets, image_logits)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,7 +136,7 @@ class GradCAMViT(Explainer):
     summary="Classic Grad-CAM: ReLU(Σ_c α_c·A_c) on the last conv stage (timm CNNs); ViTs use norm1 tokens",
     families=("cnn", "vit"),
 )
-class GradCAM(Explainer):
+class GradCAM(GradientExplainer):
     """Classic Grad-CAM (Selvaraju et al., arXiv 1610.02391) on `model.forward_features` (posthoc.md §7, §0).
 
     A = `model.forward_features(x)` ∈ R^{B×C×h×w} (timm CNNs: the last conv stage), α_c = mean_{ij} ∂y/∂A_c[i,j],
@@ -185,9 +154,7 @@ class GradCAM(Explainer):
     """
 
     def __init__(self, model: nn.Module, multi_target: str = "expand", internal_batch_size: int | None = 64) -> None:
-        super().__init__(model)
-        _check_options(multi_target, internal_batch_size)
-        self.multi_target, self.internal_batch_size = multi_target, internal_batch_size
+        super().__init__(model, multi_target, internal_batch_size, query=None)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         if is_vit(self.model):
@@ -197,24 +164,23 @@ class GradCAM(Explainer):
         if not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
             raise TypeError(f"{type(self.model).__name__} lacks forward_features/forward_head; "
                             "gradcam needs a timm CNN or a timm ViT")
+        model = cast(TimmClassifier, self.model)
         with torch.no_grad():
-            feats = self.model.forward_features(images)
+            feats = model.forward_features(images)
         if feats.dim() != 4:
             raise TypeError(f"forward_features returned shape {tuple(feats.shape)}; gradcam needs a [B,C,h,w] map")
-        B, K = images.shape[0], target.num_targets
-        expand = self.multi_target == "expand" and K > 1
-        maps, all_targets, all_logits = [], [], []
-        for start, stop in _chunks(B, K, expand, self.internal_batch_size):
-            f = feats[start:stop]
-            n = f.shape[0]
-            # A fresh leaf: the backward stops at the feature map, which is all Grad-CAM needs.
-            inp = (f.repeat_interleave(K, dim=0) if expand else f).detach().requires_grad_()
-            with torch.enable_grad():
-                logits = self.model.forward_head(inp)
-                image_logits, targets, y = _chunk_scores(logits, target, start, stop, K, expand, target_space)
-                (grad,) = _target_grads(y, [inp], n, K, expand)  # [n,K,C,h,w]
-            alpha = grad.mean((-2, -1), keepdim=True)
-            maps.append(F.relu((alpha * f.unsqueeze(1)).sum(2)).detach())
-            all_targets.append(targets)
-            all_logits.append(image_logits.detach())
-        return Attribution(torch.cat(maps), torch.cat(all_targets), torch.cat(all_logits))
+        out = self._run_chunks(feats, model.forward_head, target, target_space, self._feature_chunk)
+        return Attribution(out.maps, out.targets, out.logits)
+
+    @staticmethod
+    def _feature_chunk(chunk: GradientChunk) -> ChunkMaps:
+        """α_c = mean_ij ∂y/∂A_c[i,j], M = ReLU(Σ_c α_c·A_c) for one chunk of feature maps [n,C,h,w]."""
+        f = chunk.x
+        # A fresh leaf: the backward stops at the feature map, which is all Grad-CAM needs.
+        inp = chunk.replicated().detach().requires_grad_()
+        with torch.enable_grad():
+            logits = chunk.forward(inp)
+            image_logits, targets, y = chunk.scores(logits)
+            (grad,) = chunk.grads(y, [inp])  # [n,K,C,h,w]
+        alpha = grad.mean((-2, -1), keepdim=True)
+        return ChunkMaps(F.relu((alpha * f.unsqueeze(1)).sum(2)).detach(), targets, image_logits.detach())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from traitlens.explain._base import Explainer
+from traitlens.explain._base import Explainer, image_size
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._pixel import (
     check_model_state,
@@ -53,7 +53,7 @@ class InputXGradient(Explainer):
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         check_model_state(self.model)
-        patch, _ = patch_geometry(self.model, tuple(images.shape[-2:]), self.patch_size)
+        patch, _ = patch_geometry(self.model, image_size(images), self.patch_size)
         K = target.num_targets
         if K == 1 or self.multi_target == "vjp":
             # One forward gives the logits (and the top-k targets) and the graph for every target's gradient.

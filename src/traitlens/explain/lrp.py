@@ -7,7 +7,9 @@ weights (no model copy, no relprop-capable model class). Reference: `hila-chefer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -15,6 +17,7 @@ from timm.layers import LayerScale, Mlp
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.protocols import ViTBlock, as_vit
 from traitlens.explain._base import Explainer, query_row
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
@@ -132,7 +135,7 @@ class _BlockActs:
     out: torch.Tensor  # mid + branch2
 
 
-def _block_forward(blk: Block, x: torch.Tensor) -> _BlockActs:
+def _block_forward(blk: ViTBlock, x: torch.Tensor) -> _BlockActs:
     """timm `Block.forward` (standard `Attention`, `Mlp`), written out so every intermediate is kept."""
     attn = blk.attn
     B, N, _ = x.shape
@@ -158,7 +161,7 @@ def _relprop_ls(ls: nn.Module, x: torch.Tensor, R: torch.Tensor, stabilizer: str
 
 
 def _relprop_block(
-    blk: Block, acts: _BlockActs, R: torch.Tensor, stabilizer: str, stop_at_attention: bool = False
+    blk: ViTBlock, acts: _BlockActs, R: torch.Tensor, stabilizer: str, stop_at_attention: bool = False
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Relevance R at the block output [B,N,D] → (R at the block input, R_A [B,H,N,N] after A·V's relprop, halved).
 
@@ -224,13 +227,14 @@ def check_supported(model: nn.Module) -> None:
     for name in ("norm", "fc_norm"):
         if not isinstance(getattr(model, name), _NORMS):
             refuse(f"model.{name}", getattr(model, name))
-    for i, blk in enumerate(model.blocks):
+    for i, blk in enumerate(as_vit(model).blocks):
         if type(blk) is not Block:
             refuse(f"block {i}", blk)
         if type(blk.attn) is not Attention:
             refuse(f"block {i} attention", blk.attn)
-        if getattr(blk.attn, "gate", None) is not None:
-            refuse(f"block {i} attention gate", blk.attn.gate)
+        gate = getattr(blk.attn, "gate", None)
+        if gate is not None:
+            refuse(f"block {i} attention gate", gate)
         if type(blk.mlp) is not Mlp or not isinstance(blk.mlp.fc1, nn.Linear):
             refuse(f"block {i} mlp", blk.mlp)
         for name in ("norm1", "norm2"):
@@ -293,7 +297,7 @@ class LRPTransformerAttribution(Explainer):
         if query not in ("cls", "mean_patches"):
             raise ValueError(f"unknown query '{query}'; choose 'cls' or 'mean_patches'")
         check_supported(model)
-        L = len(model.blocks)
+        L = len(as_vit(model).blocks)
         if not isinstance(start_layer, int) or not 0 <= start_layer < L:
             raise ValueError(f"start_layer must be an int in 0..{L - 1}, got {start_layer!r}")
         self.mode, self.start_layer, self.query = mode, start_layer, query
@@ -324,6 +328,7 @@ class LRPTransformerAttribution(Explainer):
         rep = 1 if expand else K
         inputs = {b: probe.block_input[b].detach().repeat_interleave(rep, 0) for b in blocks}
         grads: dict[int, torch.Tensor] = {}
+        gs: Sequence[torch.Tensor]
         if need_grad:
             attns = [probe.attn[b] for b in blocks]
             if expand or K == 1:
@@ -354,24 +359,28 @@ class LRPTransformerAttribution(Explainer):
             (R_A,b [M,H,N,N] per visited block, the relevance at block stop_at's input [M,N,D] when `to_input`,
             else None).
         """
-        model, st = self.model, self.stabilizer
+        model, st = as_vit(self.model), self.stabilizer
+        head = cast(nn.Linear, model.head)  # check_supported: a Linear head
         L = len(model.blocks)
         with torch.no_grad():
             acts = _block_forward(model.blocks[L - 1], inputs[L - 1])
             tokens = model.norm(acts.out)
             feats = model.forward_head(tokens, pre_logits=True)  # pool → fc_norm → head_drop
-            R = torch.zeros(classes.numel(), model.head.out_features, dtype=feats.dtype, device=feats.device)
+            R = torch.zeros(classes.numel(), head.out_features, dtype=feats.dtype, device=feats.device)
             R.scatter_(1, classes.view(-1, 1), 1.0)  # one-hot, not the logit value
-            R = relprop_linear(feats, model.head.weight, R, st)
-            R = _relprop_pool(model, tokens, R, st)  # fc_norm, head_drop and norm pass through
+            R = relprop_linear(feats, head.weight, R, st)
+            R = _relprop_pool(self.model, tokens, R, st)  # fc_norm, head_drop and norm pass through
             relevances: dict[int, torch.Tensor] = {}
+            R_out: torch.Tensor | None = R
             for b in range(L - 1, stop_at - 1, -1):
                 if b != L - 1:
                     acts = _block_forward(model.blocks[b], inputs[b])
-                R, relevances[b] = _relprop_block(
-                    model.blocks[b], acts, R, st, stop_at_attention=b == stop_at and not to_input
+                # R_out is None only after the last visited block (stop_at_attention).
+                R_out, relevances[b] = _relprop_block(
+                    model.blocks[b], acts, cast(torch.Tensor, R_out), st,
+                    stop_at_attention=b == stop_at and not to_input,
                 )
-        return relevances, R
+        return relevances, R_out
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         layout = self.layout(images)
@@ -385,10 +394,10 @@ class LRPTransformerAttribution(Explainer):
             heads = query_row(relevances[L - 1].clamp(min=0), layout, self.query)  # [B·K,H,P]
             head_maps = heads.reshape(B, K, -1, *layout.grid)
             return Attribution(head_maps.mean(2), targets, logits, head_maps)
-        C = None
+        C: torch.Tensor | None = None
         for b in blocks:
             a = (grads[b] * relevances[b]).clamp(min=0).mean(1)  # [B·K,N,N]
             a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
             C = a if C is None else a @ C
-        row = query_row(C, layout, self.query)  # [B·K,P]
+        row = query_row(cast(torch.Tensor, C), layout, self.query)  # [B·K,P]; blocks is never empty
         return Attribution(row.reshape(B, K, *layout.grid), targets, logits)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn as nn
 
 from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.protocols import as_vit
 from traitlens.explain._base import Explainer, fuse, query_row
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
@@ -30,6 +34,8 @@ class AttentionRollout(Explainer):
         renorm: "rows" (default) or "jacobgil" (divide by the broadcast [1,N] column sums, reference quirk).
         query: "cls" (default) or "mean_patches".
     """
+
+    _rollout: torch.Tensor | None
 
     def __init__(self, model: nn.Module, head_fusion: str = "mean", discard_ratio: float = 0.0,
                  start_layer: int = 0, renorm: str = "rows", query: str = "cls") -> None:
@@ -64,7 +70,8 @@ class AttentionRollout(Explainer):
         rollout: torch.Tensor | None = None
         with torch.no_grad(), AttentionProbe(self.model, blocks=blocks, capture=("attn",)) as probe:
             # Fold each block's attention into the running product as soon as it is computed.
-            handles = [self.model.blocks[b].register_forward_hook(self._make_fold(probe, b)) for b in blocks]
+            vit_blocks = as_vit(self.model).blocks
+            handles = [vit_blocks[b].register_forward_hook(self._make_fold(probe, b)) for b in blocks]
             self._rollout = None
             try:
                 logits = self.model(images)
@@ -76,13 +83,14 @@ class AttentionRollout(Explainer):
         targets = target.resolve(logits)
         K = targets.shape[1]
         B = images.shape[0]
-        row = query_row(rollout, layout, self.query).reshape(B, 1, *layout.grid)
+        # rollout is None only when no block is folded (start_layer ≥ L); query_row then raises a TypeError.
+        row = query_row(cast(torch.Tensor, rollout), layout, self.query).reshape(B, 1, *layout.grid)
         return Attribution(row.expand(B, K, *layout.grid).contiguous(), targets, logits)
 
-    def _make_fold(self, probe: AttentionProbe, b: int):
+    def _make_fold(self, probe: AttentionProbe, b: int) -> Callable[..., None]:
         def hook(*_: object) -> None:
             step = self._step(probe.attn.pop(b))
-            probe.attn.pop(b - len(self.model.blocks), None)
+            probe.attn.pop(b - len(as_vit(self.model).blocks), None)
             self._rollout = step if self._rollout is None else step @ self._rollout
 
         return hook

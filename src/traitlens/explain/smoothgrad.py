@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from traitlens.explain._base import Explainer
+from traitlens.explain._base import Explainer, image_size
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._pixel import (
     check_model_state,
@@ -113,7 +113,7 @@ class SmoothGrad(Explainer):
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         check_model_state(self.model)
-        patch, _ = patch_geometry(self.model, tuple(images.shape[-2:]), self.patch_size)
+        patch, _ = patch_geometry(self.model, image_size(images), self.patch_size)
         x = images.detach()
         with torch.no_grad():
             logits = self.model(x)  # resolves top-k targets before the noisy batch is expanded

@@ -7,8 +7,9 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from traitlens.backbones.introspect import vit_layout
+from traitlens.backbones.protocols import as_vit
 from traitlens.backbones.trunk import head_forward
-from traitlens.explain._base import Explainer
+from traitlens.explain._base import Explainer, image_size
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec, target_scores
@@ -61,7 +62,8 @@ class TokenAblationMap(Explainer):
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """patch_drop → norm_pre → blocks → norm → forward_head on token embeddings [M,N',D]."""
-        x = self.model.norm_pre(self.model.patch_drop(tokens))
+        vit = as_vit(self.model)
+        x = vit.norm_pre(vit.patch_drop(tokens))
         return head_forward(self.model, x, 0)
 
     def _ablated(self, E: torch.Tensor, b: torch.Tensor, i: torch.Tensor, n_p: int) -> torch.Tensor:
@@ -82,10 +84,11 @@ class TokenAblationMap(Explainer):
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         # Not a CLS-row method: no pooling warning (an 'avg' head is documented above).
-        layout = vit_layout(self.model, tuple(images.shape[-2:]))
+        layout = vit_layout(self.model, image_size(images))
         n_p, P = layout.num_prefix_tokens, layout.num_patches
         with torch.no_grad():
-            E = self.model._pos_embed(self.model.patch_embed(images))  # [B,N,D]
+            vit = as_vit(self.model)
+            E = vit._pos_embed(vit.patch_embed(images))  # [B,N,D]
             logits = self._logits(E)
             targets = target.resolve(logits)
             B, K = targets.shape
