@@ -15,8 +15,9 @@ def full_explanation() -> Explanation:
     g = torch.Generator().manual_seed(0)
     maps = torch.rand(2, 3, 8, 8, generator=g)
     return Explanation(
-        maps=maps, patch_maps=torch.randn(2, 3, 4, 4, generator=g).double(), targets=torch.tensor([[1, 2, 0], [0, 1, 2]]),
-        method="cdam", logits=torch.randn(2, 5, generator=g), head_maps=torch.rand(2, 3, 2, 4, 4, generator=g),
+        maps=maps, patch_maps=torch.randn(2, 3, 4, 4, generator=g).double(),
+        targets=torch.tensor([[1, 2, 0], [0, 1, 2]]), method="cdam", logits=torch.randn(2, 5, generator=g),
+        head_maps=torch.rand(2, 3, 2, 4, 4, generator=g),
         degenerate=torch.tensor([[False, True, False], [False, False, False]]), signed=True,
         target_names=[["b", "c", "a"], ["a", "b", "c"]],
         extras={"normalize": "maxabs", "upsample": "bilinear", "n_rows": 3, "noise_level": 0.15, "inject_at": None,
