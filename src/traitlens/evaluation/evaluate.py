@@ -17,6 +17,9 @@ Targets: the true label (GT-known), the prediction, or the least similar class (
 see `traitlens.evaluation.lsc`). Multi-label datasets (items with a multi-hot `labels`, see `_data`) explain and
 score every present class of an image under `target="label"`; images with fewer classes than the batch's widest
 image get padded target slots, which are NaN in `values`, marked in `extras["padded"]` and not counted as undefined.
+
+This module holds `evaluate` and its loop; the steps live beside it: `requests`, `inputs`, `cache`, `padding`,
+`distributed`, `results`, `figures` and `writers`.
 """
 
 from __future__ import annotations
