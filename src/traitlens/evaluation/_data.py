@@ -50,15 +50,15 @@ class TraitInfo:
 def _from_table(slots: Sequence[str], slot_parts: Sequence[str], table: Sequence[Sequence[int]],
                 names: Sequence[str]) -> TraitInfo:
     """Siblings (classes differing in exactly one slot) and defining slots of a class trait table."""
-    table = tuple(tuple(int(v) for v in row) for row in table)
-    sib: dict[int, list[tuple[int, int]]] = {c: [] for c in range(len(table))}
-    for a, b in itertools.combinations(range(len(table)), 2):
-        diff = [j for j, (u, v) in enumerate(zip(table[a], table[b], strict=True)) if u != v]
+    rows = tuple(tuple(int(v) for v in row) for row in table)
+    sib: dict[int, list[tuple[int, int]]] = {c: [] for c in range(len(rows))}
+    for a, b in itertools.combinations(range(len(rows)), 2):
+        diff = [j for j, (u, v) in enumerate(zip(rows[a], rows[b], strict=True)) if u != v]
         if len(diff) == 1:
             sib[a].append((b, diff[0]))
             sib[b].append((a, diff[0]))
-    defining = [j for j in range(len(slots)) if len({row[j] for row in table}) > 1]
-    return TraitInfo(tuple(slots), tuple(slot_parts), table, sib, defining, list(names))
+    defining = [j for j in range(len(slots)) if len({row[j] for row in rows}) > 1]
+    return TraitInfo(tuple(slots), tuple(slot_parts), rows, sib, defining, list(names))
 
 
 def trait_info(dataset: Dataset) -> TraitInfo | None:
@@ -152,6 +152,9 @@ def _present_masks(items: Sequence[dict[str, Any]], ids: list[torch.Tensor], K: 
                                  f"per present class ({len(ids[b])}) or one per class ({n_classes})")
             out[b, : len(ids[b])] = m
         else:
+            if boxes is None or box_labels is None:
+                raise ValueError(f"multi-label item {it.get('index', b)} has no 'mask', and not every item has "
+                                 "'box' and 'box_labels'")
             if len(box_labels[b]) != len(boxes[b]):
                 raise ValueError(f"multi-label item {it.get('index', b)}: {len(boxes[b])} boxes but "
                                  f"{len(box_labels[b])} box_labels")

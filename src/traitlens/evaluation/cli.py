@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -159,7 +159,7 @@ def cli_evaluate(
     names = resolve_methods(methods)
     metric_names = resolve_metric_names(metrics)
     log.info("evaluating %d methods × %d metrics on %d images", len(names), len(metric_names),
-             len(dataset) if max_images is None else min(len(dataset), max_images))
+             len(cast(Sized, dataset)) if max_images is None else min(len(cast(Sized, dataset)), max_images))
     return evaluate(model, dataset, names, metric_names, out=out, batch_size=batch_size, max_images=max_images,
                     target=target, lsc=parse_lsc(lsc), method_options=method_options, metric_options=metric_options,
                     progress=progress, resume=resume)

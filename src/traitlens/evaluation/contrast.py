@@ -4,9 +4,9 @@ TraitShapes sibling-discriminative mask (metrics.md §6 "TraitShapes discriminat
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -106,20 +106,23 @@ def score_contrast(
     names = list(methods) if methods is not None else [m.name for m in list_methods(family="vit")
                                                         if m.class_specific and m.name != "native"]
     device = next(model.parameters()).device
-    n = min(n_images, len(dataset))
+    n = min(n_images, len(cast(Sized, dataset)))
     sums: dict[str, dict[str, list[float]]] = {m: {k: [] for k in ("ce", "pe", "cp", "pp")} for m in names}
     example: dict[str, Any] = {}
     for start in range(0, n, batch_size):
         batch = load_batch(dataset, list(range(start, min(start + batch_size, n))), traits)
         x = normalize(model, batch.images01.to(device))
-        S = batch.siblings.shape[1]
-        targets = torch.cat([batch.labels.view(-1, 1), batch.siblings.clamp_min(0)], 1).to(device)
+        siblings, labels, disc_masks = batch.siblings, batch.labels, batch.disc_masks
+        if siblings is None or labels is None or disc_masks is None:
+            raise ValueError("score_contrast needs labelled items with TraitShapes trait masks")
+        S = siblings.shape[1]
+        targets = torch.cat([labels.view(-1, 1), siblings.clamp_min(0)], 1).to(device)
         for name in names:
             exp = explain(model, x, method=name, target=targets, **method_options.get(name, {}))
             raw = raw_pixel_maps(exp).detach().double().cpu()
             s_c = raw[:, :1]
             contrast = s_c - raw[:, 1:]
-            dm = batch.disc_masks & (batch.siblings >= 0)[..., None, None]
+            dm = disc_masks & (siblings >= 0)[..., None, None]
             ce = energy_share(contrast.clamp_min(0), dm)
             pe = energy_share(s_c.clamp_min(0).expand_as(contrast), dm)
             near = _dilate(dm, tol).flatten(-2)

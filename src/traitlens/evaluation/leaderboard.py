@@ -89,14 +89,15 @@ def _pgc_explainer(cam_name: str, **options: Any) -> Explainer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         targets = _resolve_targets(model, x, target)
-        n_p, (g_h, g_w) = _grid(model, tuple(x.shape[-2:]))
+        n_p, (g_h, g_w) = _grid(model, (x.shape[-2], x.shape[-1]))
 
         def reshape(t: torch.Tensor) -> torch.Tensor:
             return t[:, n_p:, :].reshape(t.shape[0], g_h, g_w, t.shape[-1]).permute(0, 3, 1, 2)
 
         cls = getattr(pgc, cam_name)
         maps = []
-        with cls(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as cam:
+        blocks: Any = model.blocks  # a timm ViT's block list (nn.Module.__getattr__ is untyped)
+        with cls(model=model, target_layers=[blocks[-1].norm1], reshape_transform=reshape) as cam:
             if hasattr(cam, "batch_size"):
                 cam.batch_size = options.get("batch_size", 64)
             for k in range(targets.shape[1]):
@@ -120,7 +121,7 @@ def _captum_ig_explainer(n_steps: int = 50, internal_batch_size: int = 64, **_: 
         from captum.attr import IntegratedGradients
 
         targets = _resolve_targets(model, x, target)
-        _, (g_h, g_w) = _grid(model, tuple(x.shape[-2:]))
+        _, (g_h, g_w) = _grid(model, (x.shape[-2], x.shape[-1]))
         ig = IntegratedGradients(lambda z: logits_of(model(z)))
         maps = torch.stack([
             ig.attribute(x, baselines=0.0, target=targets[:, k], n_steps=n_steps,

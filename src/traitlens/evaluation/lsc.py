@@ -10,6 +10,8 @@ SCOUTER₋ (e = −1) the LSC map is the "why not" evidence. Rules:
 - a mapping `{true_class: lsc_class}` given by the user;
 - `"wordnet"` (the SCOUTER reproduction's lowest Wu–Palmer similarity) needs the WordNet corpus, which traitlens
   cannot download, so it is refused with a message saying so.
+
+"min_logit" and mappings are SCOUTER's `traitlens.models.least_similar_class`; "traits" is evaluation's own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+
+from traitlens.models import least_similar_class
 
 __all__ = ["LSC_READING", "LSC_RULES", "LscRule", "check_lsc_rule", "least_similar_classes", "lsc_targets"]
 
@@ -102,17 +106,22 @@ def lsc_targets(
     from traitlens.metrics import predict
 
     rule = check_lsc_rule(rule, class_traits)
-    if rule == "min_logit":
-        return predict(model, images).argmin(-1).to(images.device)  # first minimum: the lowest class index
+    if rule == "min_logit":  # the first minimum (lowest class index); the models rule reads no labels
+        logits = predict(model, images)
+        return least_similar_class(logits, logits.new_empty(0, dtype=torch.long), "min_logit").to(images.device)
     if labels is None:
         raise ValueError(f"lsc={rule!r} needs one true label per image (multi-label or unlabelled data: "
                          "use lsc='min_logit')")
     if rule == "traits":
+        if class_traits is None:  # check_lsc_rule refuses "traits" without a table
+            raise ValueError("lsc='traits' needs the class trait table")
         table = torch.as_tensor(least_similar_classes(class_traits))
         if int(labels.max()) >= len(table):
             raise ValueError(f"label {int(labels.max())} has no row in the {len(table)}-class trait table")
         return table[labels.long().cpu()].to(images.device)
+    if not isinstance(rule, dict):  # check_lsc_rule turns every mapping into a dict of ints
+        raise ValueError(f"unknown lsc rule {rule!r}")
     missing = sorted({int(c) for c in labels.tolist()} - set(rule))
     if missing:
         raise ValueError(f"the lsc mapping has no entry for true classes {missing}")
-    return torch.tensor([rule[int(c)] for c in labels.tolist()], dtype=torch.long, device=images.device)
+    return least_similar_class(torch.empty(0), labels, rule).to(images.device)

@@ -8,9 +8,9 @@ carrying the slots in which the class differs from its siblings (datasets.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ def _part_masks(batch: Batch, radius: float) -> torch.Tensor:
     if batch.part_masks is not None:
         return batch.part_masks
     if batch.parts is not None:
-        return part_disks(batch.parts, tuple(batch.images01.shape[-2:]), radius)
+        return part_disks(batch.parts, (batch.images01.shape[-2], batch.images01.shape[-1]), radius)
     raise ValueError("the trait report needs part masks (TraitShapes, CUB part_masks/) or part points (CUB parts/)")
 
 
@@ -104,7 +104,7 @@ def trait_report(
 
     traits = trait_info(dataset)
     device = next(model.parameters()).device
-    n = min(n_images, len(dataset))
+    n = min(n_images, len(cast(Sized, dataset)))
     names = list(part_names or getattr(dataset, "part_names", None) or PART_NAMES)
     classes = list(getattr(dataset, "classes", []))
     per_class: dict[int, list[torch.Tensor]] = {}
