@@ -64,6 +64,14 @@ def test_explain_by_class_name(tmp_path, micro_model, image_files) -> None:
     assert (tmp_path / "o" / "img0_rollout_bee.png").is_file()
 
 
+def test_explain_with_one_target_per_image(tmp_path, micro_model, image_files) -> None:
+    """'--target 0,cow' is a list with one class per image (parse_target_text)."""
+    result = runner.invoke(app, ["explain", *map(str, image_files), "--model", str(micro_model), "--method",
+                                 "rollout", "--target", "0,cow", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["img0_rollout_ant.png", "img1_rollout_cow.png"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--method", "nope"], "unknown method 'nope'"),
     (["--target", "zebra"], "unknown class name 'zebra'"),

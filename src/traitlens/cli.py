@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from traitlens.quickstart import QuickstartConfig, run_quickstart
+
+if TYPE_CHECKING:
+    from traitlens.data import CUBDataset, ImageFolderDataset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="traitlens: make Vision Transformer classifiers explain themselves.")
@@ -59,7 +63,7 @@ def data_traitshapes(
     typer.echo(f"wrote {export_cub(train, out, test=test)}")
 
 
-def _file_dataset(root: Path, split: str, size: tuple[int, int]):
+def _file_dataset(root: Path, split: str, size: tuple[int, int]) -> CUBDataset | ImageFolderDataset:
     from traitlens.data import CUBDataset, ImageFolderDataset
     from traitlens.data.transforms import Resize
 
@@ -116,7 +120,7 @@ def train(
         raise typer.BadParameter(f"unknown mode '{mode}'; choose from {', '.join(TRAIN_MODES)}")
     probe = _file_dataset(data, "train", (img_size, img_size) if img_size else (224, 224))
     num_classes, class_names = len(probe.classes), list(probe.classes)
-    extra = {"img_size": img_size} if img_size else {}
+    extra: dict[str, Any] = {"img_size": img_size} if img_size else {}
     with distributed_from_env() as device:
         torch.manual_seed(seed)  # identical initial weights on every rank
         if mode in ("linear", "finetune"):
@@ -127,7 +131,7 @@ def train(
 
             net = build_interpretable(mode, model, num_classes, class_names=class_names, pretrained=pretrained)
             cfg = recommended_fit_config(mode, recipe, seed=seed)
-        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
+        overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
         cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, **overrides)
         net = net.to(device)
         size = tuple(data_config(net)["input_size"][1:])
@@ -196,7 +200,8 @@ def explain_cmd(
     images: list[Path] = typer.Argument(..., help="Image files."),
     model: str = typer.Option(..., help="Model folder, timm name or preset."),
     method: str = typer.Option("cdam", help="A method from `traitlens methods`."),
-    target: str = typer.Option("top1", help="top1 | topk:K | class index | class name"),
+    target: str = typer.Option("top1", help="top1 | topk:K | class index | class name | "
+                                            "comma-separated list, one per image"),
     out: Path = typer.Option(Path("explanations"), help="Output folder."),
     target_space: str = typer.Option("logit", help="logit | prob | log_prob"),
     upsample: str = typer.Option("", help="nearest | bilinear (default: the method's)"),
@@ -206,13 +211,13 @@ def explain_cmd(
 
     Example: traitlens explain bird.png --model traitlens-quickstart/run/best --method cdam --target topk:3
     """
-    from traitlens.backbones import load_images, load_model, normalize
-    from traitlens.explain import explain
+    from traitlens.backbones import class_names_of, load_images, load_model, normalize
+    from traitlens.explain import explain, parse_target_text
     from traitlens.viz import overlay, save_png
 
     net = load_model(model)
     images01 = load_images(images, model=net)
-    tgt: object = int(target) if target.lstrip("-").isdigit() else target
+    tgt = parse_target_text(target, class_names_of(net))
     exp = explain(net, normalize(net, images01), method=method, target=tgt, target_space=target_space,
                   upsample=upsample or None, normalize=normalize_maps or None)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("fastapi", reason="the server tests need the 'web' extra (fastapi, python-multipart)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-import traitlens.server.app as server_app
+import traitlens.server.service as server_app
 from traitlens.explain import explain
 
 from .helpers import model_input, png_bytes

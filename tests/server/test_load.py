@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("fastapi", reason="the server tests need the 'web' extra (fastapi, python-multipart)")
 httpx = pytest.importorskip("httpx", reason="the load tests drive the app with httpx")
 
-import traitlens.server.app as server_app  # noqa: E402
+import traitlens.server.service as server_app  # noqa: E402
 from traitlens.backbones import load_model  # noqa: E402
 from traitlens.explain import explain  # noqa: E402
 from traitlens.server import ServerLimits, create_app  # noqa: E402

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 from PIL import Image, UnidentifiedImageError
 
+from traitlens.data.images import decode_image
+
 __all__ = ["ImageLoadError", "data_config", "load_image", "load_images", "normalize", "unnormalize"]
 
 #: Refuse images above this many pixels (PIL's decompression-bomb guard raises beyond 2× this).
@@ -53,7 +55,9 @@ def unnormalize(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """Read an image file as float [3,H,W] in [0,1], squash-resized to `size` (H, W) when given.
+    """Read an image file as float [3,H,W] in [0,1], EXIF orientation applied, squash-resized to `size` (H, W).
+
+    Decoded by `traitlens.data.images.decode_image`, the decoder the datasets and the server use too.
 
     Raises:
         ImageLoadError: the file is missing, not an image, truncated, or too large.
@@ -62,9 +66,7 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> t
     if not path.is_file():
         raise ImageLoadError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
+        rgb = decode_image(path)
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"{path}: image too large ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -76,7 +78,7 @@ def pil_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None) -
     """PIL RGB image → float [3,H,W] in [0,1], bicubic squash-resize to `size` when given."""
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
-        img = img.resize((w, h), Image.BICUBIC)
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from traitlens.data.errors import DataError
+from traitlens.data.images import decode_image
 from traitlens.data.layout import _is_split_tree, _subdirs
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,13 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as float32 [3, H, W] in [0, 1].
+    """Read an image file as float32 [3, H, W] in [0, 1], EXIF orientation applied (``decode_image``).
 
     Raises:
         DataError: the file is missing or not a readable image (the message names it).
     """
     try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+        array = np.asarray(decode_image(path))
     except FileNotFoundError as e:
         raise DataError(f"image file not found: {path}") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:

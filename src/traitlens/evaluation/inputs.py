@@ -80,7 +80,7 @@ def _expand(exp: Explanation, S: int) -> Explanation:
 
 def _class_box_masks(batch: Batch) -> torch.Tensor:
     """[B,K,H,W]: per present class the rasterised union of its boxes (multi-label, mask source 'box')."""
-    from traitlens.metrics._common import boxes_to_masks
+    from traitlens.metrics import boxes_to_masks
 
     present, boxes, box_labels = (_required(batch.present, "present classes"), _required(batch.boxes, "boxes"),
                                   _required(batch.box_labels, "box_labels"))

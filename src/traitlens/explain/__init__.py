@@ -12,7 +12,7 @@ from traitlens.explain._explanation import Attribution, Explanation
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
 from traitlens.explain._registry import MethodInfo, get_method, list_methods, register_method
-from traitlens.explain._targets import TargetSpec, target_scores
+from traitlens.explain._targets import TargetSpec, parse_target_text, score_space, target_scores
 from traitlens.explain.api import explain
 
 # Every public module in this package is one method that registers itself on import.
@@ -34,7 +34,9 @@ __all__ = [
     "get_method",
     "list_methods",
     "normalize_maps",
+    "parse_target_text",
     "register_method",
+    "score_space",
     "target_scores",
     "upsample_maps",
 ]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["TargetSpec", "score_space", "target_scores"]
+__all__ = ["TargetSpec", "parse_target_text", "score_space", "target_scores"]
 
 TARGET_SPACES = ("logit", "prob", "log_prob")
+
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 class TargetSpec:
@@ -129,6 +132,35 @@ class TargetSpec:
         if self.class_names is None:
             return None
         return [[self.class_names[int(t)] for t in row] for row in targets.tolist()]
+
+
+def parse_target_text(text: str, class_names: Sequence[str] | None = None) -> str | int | list[int | str]:
+    """Target text as typed on a command line or in a form → a `TargetSpec` request (posthoc.md §0).
+
+    'top1' (also for blank text) and 'topk:K' stay strings, an integer ('5', '-1') becomes a class id, one of
+    `class_names` stays that name (even with a comma in it), 'a,b' becomes a list with one entry per image
+    (each an id or a name), anything else is a class name. Ranges and names are checked by `TargetSpec`.
+
+    Raises:
+        ValueError: 'topk:K' without an integer K, or a list with an empty entry.
+    """
+    t = text.strip()
+    if t in ("", "top1"):
+        return "top1"
+    if t.startswith("topk:"):
+        try:
+            int(t.split(":", 1)[1])
+        except ValueError as err:
+            raise ValueError(f"bad target '{t}': expected 'topk:K' with an integer K") from err
+        return t
+    if _INTEGER.fullmatch(t):
+        return int(t)
+    if (class_names and t in class_names) or "," not in t:
+        return t
+    items = [item.strip() for item in t.split(",")]
+    if not all(items):
+        raise ValueError(f"bad target '{t}': an empty entry in a comma-separated list")
+    return [int(item) if _INTEGER.fullmatch(item) else item for item in items]
 
 
 def score_space(logits: torch.Tensor, space: str = "logit", option: str = "target_space") -> torch.Tensor:

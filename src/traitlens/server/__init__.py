@@ -124,7 +124,7 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
 
     models = load_served_models(model)
     if is_loopback(host):
-        from traitlens.server.app import LOOPBACK_HOSTS
+        from traitlens.server.middleware import LOOPBACK_HOSTS
 
         allowed = [*LOOPBACK_HOSTS, host, f"[{host.strip('[]')}]"]
     else:

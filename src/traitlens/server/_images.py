@@ -6,12 +6,13 @@ PIL is told to open that format only.
 
 from __future__ import annotations
 
-import io
 import logging
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["FORMATS", "UploadError", "decode_image", "sniff_format"]
+from traitlens.data.images import PixelLimitError, decode_image
+
+__all__ = ["FORMATS", "UploadError", "decode_upload", "sniff_format"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str = "image") -> Image.Image:
-    """Check and decode an uploaded image to RGB.
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, label: str = "image") -> Image.Image:
+    """Check and decode an uploaded image to RGB with the shared decoder (`traitlens.data.images.decode_image`).
 
     Args:
         data: the file's bytes.
@@ -67,16 +68,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str = "
         raise UploadError(415, f"{label}: not a supported image (by its content, not its name or content type); "
                                f"accepted: {', '.join(FORMATS.values())}")
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise UploadError(422, f"{label}: {width}×{height} = {width * height} pixels is more than the limit "
-                                       f"of {max_pixels} pixels (decompression-bomb guard)")
-            img.load()
-            oriented = ImageOps.exif_transpose(img)
-            rgb = oriented.convert("RGB")
-    except UploadError:
-        raise
+        rgb = decode_image(data, formats=[fmt], max_pixels=max_pixels)
+    except PixelLimitError as err:
+        raise UploadError(422, f"{label}: {err} (decompression-bomb guard)") from err
     except Image.DecompressionBombError as err:
         raise UploadError(422, f"{label}: image too large to decode safely, more than the limit of {max_pixels} "
                                f"pixels (decompression-bomb guard: {err})") from err

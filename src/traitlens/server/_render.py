@@ -30,7 +30,7 @@ def display_size(width: int, height: int, side: int) -> tuple[int, int]:
 def display_image(image: Image.Image, side: int) -> np.ndarray:
     """The uploaded image at display size (its own aspect: the model's squash-resize is undone) as uint8 [H,W,3]."""
     size = display_size(image.width, image.height, side)
-    resample = Image.LANCZOS if size[0] < image.width else Image.BICUBIC
+    resample = Image.Resampling.LANCZOS if size[0] < image.width else Image.Resampling.BICUBIC
     return np.asarray(image.resize(size, resample), dtype=np.uint8)
 
 
