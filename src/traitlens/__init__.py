@@ -7,10 +7,10 @@ Example:
 """
 
 from traitlens import models  # registers the interpretable models and the "native" method
+from traitlens._version import __version__
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
 from traitlens.evaluation import evaluate
 from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
-from traitlens._version import __version__
 from traitlens.train import FitConfig, fit
 
 __all__ = [

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from traitlens.explain._targets import score_space
+from traitlens.explain import score_space
 from traitlens.metrics.stats import minmax
 
 __all__ = [

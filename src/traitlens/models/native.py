@@ -11,10 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from traitlens.explain._base import Explainer
-from traitlens.explain._explanation import Attribution
-from traitlens.explain._registry import register_method
-from traitlens.explain._targets import TargetSpec
+from traitlens.explain import Attribution, Explainer, TargetSpec, register_method
 from traitlens.models.base import InterpretableModel
 
 __all__ = ["NativeMaps"]

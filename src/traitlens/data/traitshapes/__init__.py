@@ -3,7 +3,7 @@
 Each image shows one "critter" (body, head, beak, wing, tail, optional crest) on a cluttered
 background. A class is a tuple of trait values over trait slots (head colour, wing pattern,
 tail shape, crest), so every explanation can be scored against the pixels that really decide
-the class. See ``shared/spec/datasets.md`` ("TraitShapes").
+the class. See ``docs/reference/datasets.md`` ("TraitShapes").
 
 Rendering is pure numpy: a per-pixel *owner* map records which part drew each visible pixel,
 and every mask is derived from it, so masks are exactly the visible pixels of each part.

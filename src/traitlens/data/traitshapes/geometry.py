@@ -28,8 +28,7 @@ _HEAD = (0.98, -0.5, 0.48)  # circle cx, cy, r
 _BEAK = ((1.3, -0.68), (1.3, -0.3), (1.85, -0.48))
 # The three tails have about the same visible area (1.7-1.9 unit², near the body's 1.9), so tail shape cannot be read
 # from colour histograms: only the outline tells fan, fork and point apart. They are 1.3× the first design (scaled
-# about the root; datasets.md's calibration also used "a tail 1.3× larger"): at 1× the tiny ViT still confused fork
-# and point at the end of the quickstart's budget.
+# about the root) so that fork and point stay distinguishable at 64 px (docs/history.md, "TraitShapes geometry").
 _TAIL_ROOT = (-0.75, 0.0)
 _TAIL_SCALE = 1.3
 
@@ -47,8 +46,8 @@ _CREST_SPIKES = (  # two wide, tall spikes rooted inside the head (the head cove
     ((0.9, -0.88), (1.44, -0.62), (1.32, -1.72)),
 )
 _PATTERN_PERIOD = 0.42  # wing stripe period in body units
-# Dots sit on a wider lattice with ~2 px gaps at 64 px: dots that nearly touch (46% cover) rendered as a dark
-# grid that the tiny ViT mistook for stripes or plain (half of the quickstart's errors).
+# Dots sit on a wider lattice with ~2 px gaps at 64 px: nearly touching dots render as a dark grid that reads as
+# stripes or a plain wing (docs/history.md, "TraitShapes geometry").
 _DOT_PERIOD = 0.5
 _DOT_RADIUS = 0.15  # ~28% cover
 
