@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from traitlens.models import list_model_kinds
 from traitlens.quickstart import QuickstartConfig, run_quickstart
 
 if TYPE_CHECKING:
@@ -79,12 +80,13 @@ def _file_dataset(root: Path, split: str, size: tuple[int, int]) -> CUBDataset |
     raise typer.BadParameter(f"{root}: expected a CUB layout (images.txt) or ImageFolder with train/ and val/ or test/")
 
 
-TRAIN_MODES = ("linear", "finetune", "promptcam", "intr", "scouter")
+#: `linear` / `finetune` train any timm classifier; every registered interpretable model kind is a mode too.
+TRAIN_MODES = ("linear", "finetune", *(kind.name for kind in list_model_kinds()))
 
 
 @app.command()
 def train(
-    mode: str = typer.Argument(..., help="linear | finetune | promptcam | intr | scouter"),
+    mode: str = typer.Argument(..., help=" | ".join(TRAIN_MODES)),
     data: Path = typer.Option(..., help="CUB-layout folder (images.txt) or ImageFolder with train/ and val/."),
     model: str = typer.Option("traitlens-vit-tiny", "--model", "--backbone",
                               help="timm name, hf-hub: id, preset or model folder (the backbone for "

@@ -34,7 +34,6 @@ from torch.utils.data import Dataset
 from traitlens.evaluation._data import trait_info
 from traitlens.evaluation.evaluate import EvalResults, Explainer, evaluate
 from traitlens.explain import Explanation, explain, get_method, list_methods
-from traitlens.metrics import logits_of
 
 __all__ = [
     "COLUMNS",
@@ -75,7 +74,7 @@ def _grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, tuple[int, int]
 def _resolve_targets(model: nn.Module, x: torch.Tensor, target: Any) -> torch.Tensor:
     if target is None:
         with torch.no_grad():
-            return logits_of(model(x)).argmax(-1, keepdim=True)
+            return model(x).argmax(-1, keepdim=True)
     t = torch.as_tensor(target, device=x.device).long()
     return t.view(-1, 1) if t.dim() == 1 else t
 
@@ -122,7 +121,7 @@ def _captum_ig_explainer(n_steps: int = 50, internal_batch_size: int = 64, **_: 
 
         targets = _resolve_targets(model, x, target)
         _, (g_h, g_w) = _grid(model, (x.shape[-2], x.shape[-1]))
-        ig = IntegratedGradients(lambda z: logits_of(model(z)))
+        ig = IntegratedGradients(lambda z: model(z))
         maps = torch.stack([
             ig.attribute(x, baselines=0.0, target=targets[:, k], n_steps=n_steps,
                          internal_batch_size=internal_batch_size).mean(1)

@@ -94,7 +94,7 @@ def lsc_targets(
     """The least similar class of every image, [B] long on the device of `images`.
 
     Args:
-        model: image → logits (or an output with `.logits`); used by "min_logit".
+        model: image → logits; used by "min_logit".
         images: [B,3,H,W] in the model's input space.
         rule: "min_logit", "traits" or a {true_class: lsc_class} mapping (see `check_lsc_rule`).
         labels: [B] true classes; needed by "traits" and mappings.

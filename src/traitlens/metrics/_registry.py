@@ -173,7 +173,7 @@ class MetricInputs:
     """Everything a metric may read for one batch; each metric takes the fields its signature names.
 
     Attributes:
-        model: image → logits callable (a timm model, an interpretable model returning `.logits`, ...).
+        model: image → logits callable (a timm model, an interpretable model, ...).
         images: [B,3,H,W] in the model's input (normalised) space.
         exp: the `Explanation` of these images.
         labels: [B] ground-truth class ids.

@@ -36,7 +36,10 @@ SCORE_SPACES = ("prob", "logit", "log_prob")
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """Logits from a model output: a tensor, or an object/dict with `logits` (interpretable models)."""
+    """Logits from the output of a model outside timm's convention (an object or dict with `logits`).
+
+    Every traitlens model's `forward` returns the logits tensor, so traitlens itself never needs this.
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, dict):
@@ -49,7 +52,7 @@ def scores(model: Callable[[torch.Tensor], Any], x: torch.Tensor, targets: torch
     """Target scores [N] (or [N,K] for targets [N,K]) of `x` in `score` space ('prob' softmax, 'logit', 'log_prob')."""
     if score not in SCORE_SPACES:
         raise ValueError(f"unknown score '{score}'; choose from {SCORE_SPACES}")
-    out = logits_of(model(x))
+    out = model(x)
     if score == "prob":
         out = out.softmax(-1)
     elif score == "log_prob":
@@ -61,7 +64,7 @@ def scores(model: Callable[[torch.Tensor], Any], x: torch.Tensor, targets: torch
 @torch.no_grad()
 def predict(model: Callable[[torch.Tensor], Any], images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits [B,C] of clean images, chunked."""
-    return torch.cat([logits_of(model(images[i:i + batch_size])) for i in range(0, images.shape[0], batch_size)])
+    return torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
 
 
 def resolve_targets(

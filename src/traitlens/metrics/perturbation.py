@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from traitlens.metrics.inputs import batch_indices, image_generator, in_score_space, logits_of
+from traitlens.metrics.inputs import batch_indices, image_generator, in_score_space
 
 __all__ = ["SUBSTRATES", "perturbation_scores", "rise_blur_kernel", "substrate"]
 
@@ -154,7 +154,7 @@ def perturbation_scores(
         b, k, s = idx // (K * S), (idx // S) % K, idx % S
         removed = (ranks[b, k] < counts[s].view(-1, 1, 1)).unsqueeze(1)
         x = torch.where(removed, images[b], fill[b]) if insertion else torch.where(removed, fill[b], images[b])
-        logits = logits_of(model(x))
+        logits = model(x)
         space = in_score_space(logits, score)
         out[idx.cpu()] = space.gather(-1, targets[b, k].view(-1, 1)).squeeze(-1).double().cpu()
         if hits is not None and extra_targets is not None:

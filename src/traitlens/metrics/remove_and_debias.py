@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from traitlens.metrics._registry import MetricResult, knob_record, register_metric
-from traitlens.metrics.inputs import batch_indices, image_generator, logits_of, map_normalisation, perturbation_inputs
+from traitlens.metrics.inputs import batch_indices, image_generator, map_normalisation, perturbation_inputs
 from traitlens.metrics.ranking import pixel_ranks
 from traitlens.ops.imputation import noisy_linear_impute
 
@@ -72,7 +72,7 @@ def road(
                     for bi, ki, si in zip(b, k, s, strict=True)]
             x = noisy_linear_impute(images[b], removed, noise=noise, solver=solver, generators=gens)
             with torch.no_grad():
-                logits = logits_of(model(x))
+                logits = model(x)
             space = logits.softmax(-1) if score == "prob" else logits.log_softmax(-1) if score == "log_prob" else logits
             sc[idx] = space.gather(-1, targets.to(logits.device)[b, k].view(-1, 1)).squeeze(-1).double().cpu()
             ac[idx] = (logits.argmax(-1).cpu() == ref[b, k].cpu()).double()

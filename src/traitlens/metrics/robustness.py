@@ -16,7 +16,6 @@ from traitlens.metrics.inputs import (
     explanation_parts,
     image_generator,
     in_score_space,
-    logits_of,
     resolve_targets,
 )
 
@@ -98,9 +97,9 @@ def infidelity(
     x_rep = images.repeat_interleave(n_samples, 0)
     tgt_rep = targets.repeat_interleave(n_samples, 0)
     with torch.no_grad():
-        clean = in_score_space(logits_of(model(images)), score).gather(-1, targets)  # [B,K]
+        clean = in_score_space(model(images), score).gather(-1, targets)  # [B,K]
         pert_scores = torch.cat([
-            in_score_space(logits_of(model(x_rep[i:i + batch_size] - noise[i:i + batch_size])), score)
+            in_score_space(model(x_rep[i:i + batch_size] - noise[i:i + batch_size]), score)
             .gather(-1, tgt_rep[i:i + batch_size]) for i in range(0, B * n_samples, batch_size)])
     dfx = (clean.repeat_interleave(n_samples, 0) - pert_scores).double().view(B, n_samples, K)
     phi = maps.to(images.device).double()  # [B,K,H,W]; broadcast over channels

@@ -69,11 +69,6 @@ def clean_text(text: str | None, what: str) -> str:
     return text
 
 
-def _logits_of(output: Any) -> torch.Tensor:
-    """A model's logits whether it returns a tensor or a `ModelOutput`-like object."""
-    return output if isinstance(output, torch.Tensor) else output.logits
-
-
 @dataclass
 class Served:
     """A model loaded at start-up, with one replica per worker."""
@@ -267,7 +262,7 @@ class Server:
             logits = exp.logits
             if logits is None:
                 with torch.no_grad():
-                    logits = _logits_of(model(x))
+                    logits = model(x)
             other = None
             if req.contrast is not None:
                 other = explain(model, x, method=info.name, target=req.contrast.value)
