@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
-from traitlens.models import list_model_kinds
+from traitlens.models import InterpretableModel, list_model_kinds
 from traitlens.report import HtmlReport
 from traitlens.train import FitConfig, evaluate_accuracy, fit
 from traitlens.viz import figure_png, head_grid, method_grid
@@ -174,7 +175,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
 
 
 def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch.nn.Module, test,
-                         nets: dict[str, torch.nn.Module]) -> None:
+                         nets: Mapping[str, torch.nn.Module]) -> None:
     """The small TraitShapes leaderboard: post-hoc methods on the ViT, peer rows, and the models' own maps."""
     from traitlens.evaluation import leaderboard_small
 
@@ -193,7 +194,7 @@ def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch
 
 def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_dir: Path, train, val, test,
                            images01: torch.Tensor, labels: list[str], out: Path,
-                           ) -> tuple[dict[str, float], dict[str, torch.nn.Module]]:
+                           ) -> tuple[dict[str, float], dict[str, InterpretableModel]]:
     """Train Prompt-CAM / INTR / SCOUTER briefly on the quickstart ViT and show their own maps.
 
     Returns (test accuracy, trained model) per kind.

@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from traitlens.backbones.introspect import is_vit, vit_layout
 from traitlens.backbones.loading import PRESETS, ModelLoadError, create_preset, create_timm, load_model
+from traitlens.backbones.protocols import as_vit
 
 __all__ = [
     "DETRResNet50",
@@ -81,6 +82,8 @@ def build_backbone(
     """
     args = dict(backbone_args or {})
     with_weights = True
+    module: Any  # timm models carry reset_classifier, pretrained_cfg, ... which nn.Module does not type
+    spec: dict[str, Any] | None
     if isinstance(backbone, dict):
         module, spec, with_weights = rebuild_backbone(backbone), copy.deepcopy(backbone), False
     elif isinstance(backbone, nn.Module):
@@ -129,7 +132,8 @@ def rebuild_backbone(spec: dict[str, Any] | None) -> nn.Module:
         return DETRResNet50()
     if kind != "timm":
         raise ModelLoadError(f"unknown backbone kind '{kind}' in config.json")
-    module = create_timm(spec["architecture"], pretrained=False, num_classes=0, **dict(spec.get("model_args", {})))
+    module: Any = create_timm(spec["architecture"], pretrained=False, num_classes=0,
+                              **dict(spec.get("model_args", {})))
     if spec.get("mean") is not None:
         cfg = dict(getattr(module, "pretrained_cfg", {}) or {})
         cfg["mean"], cfg["std"] = tuple(spec["mean"]), tuple(spec["std"])
@@ -186,9 +190,10 @@ class DETRResNet50(nn.Module):
 
 def backbone_channels(backbone: nn.Module) -> int:
     """Channels C_b of the feature map `backbone_features` returns."""
+    model: Any = backbone
     if is_vit(backbone):
-        return int(getattr(backbone, "embed_dim", backbone.num_features))
-    return int(backbone.num_features)
+        return int(getattr(model, "embed_dim", model.num_features))
+    return int(model.num_features)
 
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm: bool = False,
@@ -200,11 +205,12 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, vit_final_norm:
     timm CNN (or DETR-R50): `forward_features`, the last feature map (`vit_block` must stay -1).
     """
     block = check_vit_block(backbone, vit_block)
+    model: Any = backbone  # timm's forward_intermediates / forward_features
     if block is not None:
-        (feats,) = backbone.forward_intermediates(images, indices=[block], norm=vit_final_norm, output_fmt="NCHW",
+        (feats,) = model.forward_intermediates(images, indices=[block], norm=vit_final_norm, output_fmt="NCHW",
                                                   intermediates_only=True, stop_early=True)
         return feats
-    feats = backbone.forward_features(images)
+    feats = model.forward_features(images)
     if feats.dim() != 4:
         raise TypeError(
             f"{type(backbone).__name__}.forward_features returned shape {tuple(feats.shape)}; a [B,C,h,w] feature "
@@ -219,7 +225,7 @@ def set_drop_path(vit: nn.Module, rate: float) -> None:
 
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"drop_path must be in [0, 1), got {rate}")
-    blocks = list(vit.blocks)
+    blocks = list(as_vit(vit).blocks)
     for i, blk in enumerate(blocks):
         p = rate * i / max(len(blocks) - 1, 1)
         for name in ("drop_path1", "drop_path2"):
@@ -232,7 +238,7 @@ def check_vit_block(backbone: nn.Module, vit_block: int) -> int | None:
         if vit_block != -1:
             raise ValueError(f"vit_block={vit_block} applies to ViT backbones; {type(backbone).__name__} is not one")
         return None
-    depth = len(backbone.blocks)
+    depth = len(as_vit(backbone).blocks)
     if not -depth <= vit_block < depth:
         raise ValueError(f"vit_block={vit_block} is outside this ViT's {depth} blocks")
     return vit_block % depth
@@ -240,7 +246,7 @@ def check_vit_block(backbone: nn.Module, vit_block: int) -> int | None:
 
 def backbone_grid(backbone: nn.Module, image_size: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of the backbone's grid for an input size (ViTs only; CNN grids are read from the features)."""
-    return vit_layout(backbone, tuple(image_size)).grid
+    return vit_layout(backbone, (image_size[0], image_size[1])).grid
 
 
 def freeze_stages(backbone: nn.Module, stages: int) -> list[str]:
@@ -256,7 +262,7 @@ def freeze_stages(backbone: nn.Module, stages: int) -> list[str]:
     if stages < 0:
         frozen = [n for n, _ in params]
     elif is_vit(backbone):
-        blocks = {f"blocks.{i}." for i in range(min(stages, len(backbone.blocks)))}
+        blocks = {f"blocks.{i}." for i in range(min(stages, len(as_vit(backbone).blocks)))}
         stem = ("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre.")
         frozen = [n for n, _ in params if n.startswith(stem) or any(n.startswith(b) for b in blocks)]
     else:

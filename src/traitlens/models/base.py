@@ -54,6 +54,10 @@ class InterpretableModel(nn.Module):
     Subclasses set `self.backbone`, `self.num_classes`, call `_init_common` and implement `forward_output`.
     """
 
+    backbone: nn.Module
+    num_classes: int
+    pretrained_cfg: dict[str, Any]
+
     #: checkpoint rule of the reference repository (models.md §0): "best_val", "last" or "last+every10".
     reference_selection: str = "last"
     #: key of the builder in `traitlens.backbones.loading` and of `traitlens_config["kind"]`.
@@ -159,7 +163,7 @@ class InterpretableModel(nn.Module):
         cls = int(probs.argmax())
         names = getattr(self, "class_names", None)
         return Prediction(cls, names[cls] if names else None, probs, logits,
-                          None if out.maps is None else out.maps[0].cpu(), tuple(x.shape[-2:]))
+                          None if out.maps is None else out.maps[0].cpu(), (x.shape[-2], x.shape[-1]))
 
 
 class LogitsOnly(nn.Module):

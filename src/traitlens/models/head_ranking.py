@@ -88,8 +88,8 @@ def rank_heads(
     B = images.shape[0]
     tgt = torch.as_tensor(target, device=images.device).reshape(-1).long().expand(B).contiguous()
     x = net.last_block_input(images)
-    n_p = vit_layout(net.backbone, tuple(images.shape[-2:])).num_prefix_tokens
-    R = net.backbone.blocks[-1].attn.num_heads
+    n_p = vit_layout(net.backbone, (images.shape[-2], images.shape[-1])).num_prefix_tokens
+    R = net.vit.blocks[-1].attn.num_heads
     if not 0 <= k <= R:
         raise ValueError(f"k must be in 0..{R}, got {k}")
     # The other logits never change (only row c is blurred): compute them once with the exact block.
@@ -99,7 +99,7 @@ def rank_heads(
         c = int(tgt[b])
         others = torch.cat([base[b, :c], base[b, c + 1 :]])
         xb, tb = x[b : b + 1], tgt[b : b + 1]
-        remaining, removed, scores_b = list(range(R)), [], []
+        remaining, removed, scores_b = list(range(R)), list[int](), list[float]()
         last_scores: dict[int, float] = {}
         stale: dict[int, float] | None = None  # the reference's pairing, set by a round that removed a head
         min_keep = k if stop == "keep_k" else 1

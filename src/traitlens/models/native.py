@@ -7,6 +7,7 @@ nothing extra. `patch_maps` hold the raw values, `head_maps` the per-head maps w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -64,8 +65,10 @@ class NativeMaps(Explainer):
 
     @torch.no_grad()
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        out = self.model.forward_maps(images)
+        model = cast(InterpretableModel, self.model)  # checked in __init__
+        out = model.forward_maps(images)
         logits, maps = out.logits, out.maps
+        assert maps is not None  # forward_maps always returns them
         targets = target.resolve(logits)
         B, K = targets.shape
         idx = torch.arange(B, device=maps.device)[:, None]
@@ -83,7 +86,7 @@ class NativeMaps(Explainer):
             weights.zero_()
             weights[..., self.heads] = 1.0
         elif self.top_heads is not None:
-            weights = self._ranked_weights(images, targets, R).to(selected)
+            weights = self._ranked_weights(images, targets, R, self.top_heads).to(selected)
         if self.head_fusion == "mean":
             fused = (selected * weights[..., None, None]).sum(2) / weights.sum(2)[..., None, None]
         else:
@@ -91,7 +94,7 @@ class NativeMaps(Explainer):
         return Attribution(fused.contiguous(), targets, logits, selected.contiguous(),
                            extras={"head_weights": weights})
 
-    def _ranked_weights(self, images: torch.Tensor, targets: torch.Tensor, R: int) -> torch.Tensor:
+    def _ranked_weights(self, images: torch.Tensor, targets: torch.Tensor, R: int, k_top: int) -> torch.Tensor:
         from traitlens.models.head_ranking import rank_heads
         from traitlens.models.promptcam import PromptCAM
 
@@ -100,7 +103,7 @@ class NativeMaps(Explainer):
         B, K = targets.shape
         weights = torch.zeros(B, K, R)
         for k in range(K):
-            ranking = rank_heads(self.model, images, targets[:, k], k=self.top_heads, blur=self.blur)
+            ranking = rank_heads(self.model, images, targets[:, k], k=k_top, blur=self.blur)
             for b, top in enumerate(ranking.top()):
                 weights[b, k, top] = 1.0
         return weights

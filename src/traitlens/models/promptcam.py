@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 
 from traitlens.backbones.introspect import is_vit, vit_layout
 from traitlens.backbones.probe import AttentionProbe, UnsupportedAttentionError
+from traitlens.backbones.protocols import ViTLike, as_vit
 from traitlens.models.backbone import build_backbone, set_drop_path
 from traitlens.models.base import InterpretableModel
 from traitlens.models.outputs import ModelOutput
@@ -148,7 +149,7 @@ class PromptCAM(InterpretableModel):
             set_drop_path(module, drop_path)
         for p in self.backbone.parameters():
             p.requires_grad_(False)  # §1.3: the whole ViT is frozen
-        L = len(module.blocks)
+        L = len(self.vit.blocks)
         if class_from_block is None:
             if variant == "interpolated":
                 raise ValueError("variant='interpolated' needs class_from_block=i (0 < i < L−1)")
@@ -159,7 +160,7 @@ class PromptCAM(InterpretableModel):
         self.class_from_block = int(class_from_block)
         self.variant = {L - 1: "deep", 0: "shallow"}.get(self.class_from_block, "interpolated")
         self.attn_keys = attn_keys
-        D = int(module.embed_dim)
+        D = int(getattr(module, "embed_dim"))  # noqa: B009 (a timm ViT attribute nn.Module does not type)
         n_a = int(n_agnostic_prompts or num_classes)
         self.n_agnostic = n_a
         self.agnostic_prompts = nn.Parameter(torch.empty(self.class_from_block, n_a, D))
@@ -179,10 +180,15 @@ class PromptCAM(InterpretableModel):
                                  "prompt_dropout": prompt_dropout, "drop_path": drop_path,
                                  "train_head": train_head}, class_names)
 
+    @property
+    def vit(self) -> ViTLike:
+        """The frozen backbone typed as the timm ViT it is (checked in `__init__`)."""
+        return as_vit(self.backbone)
+
     # -- forward -------------------------------------------------------------------------------------------------
     def _final_norm(self) -> nn.Module:
         """The pre-trained final norm (for 'avg'-pooled ViTs whose `norm` is Identity, their `fc_norm`)."""
-        bb = self.backbone
+        bb = self.vit
         if isinstance(bb.norm, nn.Identity) and not isinstance(getattr(bb, "fc_norm", nn.Identity()), nn.Identity):
             return bb.fc_norm
         return bb.norm
@@ -196,7 +202,7 @@ class PromptCAM(InterpretableModel):
 
         The backbone runs under the current grad mode; nothing before the prompts requires grad.
         """
-        bb = self.backbone
+        bb = self.vit
         x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))  # prompts get no position embedding
         B, L, i = x.shape[0], len(bb.blocks), self.class_from_block
         for j, blk in enumerate(bb.blocks[: L - 1]):
@@ -224,17 +230,17 @@ class PromptCAM(InterpretableModel):
         want_maps = (not self.training) if return_maps is None else return_maps
         C = self.num_classes
         x = self.last_block_input(images)
-        blk = self.backbone.blocks[-1]
+        blk = self.vit.blocks[-1]
         if want_maps:
             with AttentionProbe(self.backbone, blocks=[-1], capture=("attn",)) as probe:
                 z = blk(x)
-            attn = probe.attn[len(self.backbone.blocks) - 1]
+            attn = probe.attn[len(self.vit.blocks) - 1]
         else:
             z = blk(x)
         logits = self.score(z[:, :C])
         out = ModelOutput(logits=logits)
         if want_maps:
-            layout = vit_layout(self.backbone, tuple(images.shape[-2:]))
+            layout = vit_layout(self.backbone, (images.shape[-2], images.shape[-1]))
             out.maps = self._maps_from_attention(attn, layout.num_prefix_tokens, layout.grid)
             out.aux["prompt_attention"] = attn[:, :, :C]
         return out
@@ -249,14 +255,14 @@ class PromptCAM(InterpretableModel):
         return rows.permute(0, 2, 1, 3).reshape(B, C, R, *grid)
 
     # -- blurring (§1.5) -----------------------------------------------------------------------------------------
-    def _check_blurrable(self) -> tuple[nn.Module, nn.Module]:
-        blk = self.backbone.blocks[-1]
+    def _check_blurrable(self) -> tuple[TimmBlock, TimmAttention]:
+        blk = self.vit.blocks[-1]
         if type(blk) is not TimmBlock or type(blk.attn) is not TimmAttention:
             raise UnsupportedAttentionError(
                 f"head blurring rewrites the last block's pre-softmax scores; it supports timm's Block/Attention, "
                 f"not {type(blk).__name__}/{type(blk.attn).__name__}"
             )
-        return blk, blk.attn
+        return cast(TimmBlock, blk), cast(TimmAttention, blk.attn)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(y = norm1(x), S [B,R,N,N], v [B,R,N,d_h]) exactly as timm's non-fused Attention computes them."""
@@ -304,7 +310,7 @@ class PromptCAM(InterpretableModel):
         x = self.last_block_input(images)
         y, s, v = self._qkv(x)
         B, R = s.shape[:2]
-        n_p = vit_layout(self.backbone, tuple(images.shape[-2:])).num_prefix_tokens
+        n_p = vit_layout(self.backbone, (images.shape[-2], images.shape[-1])).num_prefix_tokens
         a = s.softmax(-1)
         rows = torch.as_tensor(target, device=x.device).reshape(-1).expand(B)
         mask = torch.zeros(B, R, dtype=torch.bool, device=x.device)

@@ -99,7 +99,7 @@ class XSlotAttention(nn.Module):
         B = keys_in.shape[0]
         k = self.to_k(keys_in)
         slots = self.initial_slots.expand(B, -1, -1).to(keys_in.dtype)
-        attn = updates = None
+        attn = updates = torch.empty(0)  # iterations >= 1 (checked in __init__)
         for t in range(self.iterations):
             q = self.to_q(slots) if self.to_q is not None else slots
             dots = q @ k.transpose(-2, -1) / math.sqrt(self.dim)  # [B,S,L]

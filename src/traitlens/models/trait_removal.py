@@ -168,6 +168,7 @@ def trait_removal(
     tgt = torch.as_tensor(target, device=images.device).reshape(-1).long().expand(B)
     idx = torch.arange(B, device=images.device)
     logits, maps = out.logits, out.maps  # [2B,C], [2B,C,R,h,w]
+    assert maps is not None  # forward_maps always returns them
     s = logits[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]
     p = logits.softmax(-1)[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]
     head = maps[torch.cat([idx, idx + B]), torch.cat([tgt, tgt])]  # [2B,R,h,w]
@@ -199,7 +200,7 @@ def trait_head_matrix(
         (mass drop [S,R] averaged over images whose trait covers ≥ 1 patch, score drop [S] = mean −Δs_c).
     """
     N, S = trait_masks.shape[:2]
-    R = net.backbone.blocks[-1].attn.num_heads
+    R = net.vit.blocks[-1].attn.num_heads
     drop = torch.zeros(S, R)
     score = torch.zeros(S)
     count = torch.zeros(S)
