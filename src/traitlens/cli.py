@@ -65,13 +65,13 @@ def data_traitshapes(
 
 
 def _file_dataset(root: Path, split: str, size: tuple[int, int]) -> CUBDataset | ImageFolderDataset:
-    from traitlens.data import CUBDataset, ImageFolderDataset
+    from traitlens.data import CUBDataset, ImageFolderDataset, detect_layout, split_folders
     from traitlens.data.transforms import Resize
 
     resize = Resize(size)
-    if (root / "images.txt").is_file():
+    if detect_layout(root) == "cub":
         return CUBDataset(root, split=split, transform=resize, with_masks=False)
-    names = {p.name for p in root.iterdir() if p.is_dir()}
+    names = set(split_folders(root))
     if split == "train" and "train" in names:
         return ImageFolderDataset(root, "train", transform=resize)
     for candidate in ("val", "test"):

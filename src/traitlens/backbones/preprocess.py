@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from traitlens.data.images import decode_image
 
@@ -32,8 +33,8 @@ def data_config(model: nn.Module) -> dict:
     if img is not None:
         input_size = (3, *img) if isinstance(img, (tuple, list)) else (3, img, img)
     return {
-        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        "std": tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
         "input_size": tuple(input_size) if input_size is not None else (3, 224, 224),
     }
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from traitlens.backbones.introspect import vit_layout
 from traitlens.models.promptcam import PromptCAM
+from traitlens.ops.imputation import noisy_linear_impute
 
 __all__ = [
     "SUBSTRATES",
@@ -37,38 +38,6 @@ def gaussian_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0) -> t
     x = F.pad(images, (r, r, r, r), mode=pad_mode)
     x = F.conv2d(x, g.view(1, 1, 1, size).expand(C, 1, 1, size).contiguous(), groups=C)
     return F.conv2d(x, g.view(1, 1, size, 1).expand(C, 1, size, 1).contiguous(), groups=C)
-
-
-def noisy_linear_impute(images: torch.Tensor, mask: torch.Tensor, noise: float = 0.01, tol: float = 1e-6,
-                        max_iter: int = 5000, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ROAD's noisy linear imputation (metrics.md §1.4) of the pixels where `mask` is True.
-
-    Each removed pixel equals the weighted mean of its in-image 8-neighbours (1/6 edge, 1/12 diagonal), solved
-    jointly by Jacobi iteration (the system is diagonally dominant), then N(0, noise²) is added.
-
-    Args:
-        images: [B,C,H,W]. mask: bool [B,H,W] (True = remove).
-    """
-    w = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                     dtype=images.dtype, device=images.device)
-    C = images.shape[1]
-    kernel = w.view(1, 1, 3, 3).expand(C, 1, 3, 3).contiguous()
-    m = mask[:, None].to(images.dtype).expand_as(images)
-    ones = torch.ones_like(images[:, :1])
-    denom = F.conv2d(F.pad(ones, (1, 1, 1, 1)), w.view(1, 1, 3, 3))  # neighbour weight inside the image
-    kept = 1 - m
-    fill = (images * kept).sum((-2, -1), keepdim=True) / kept.sum((-2, -1), keepdim=True).clamp_min(1)
-    x = images * kept + fill * m
-    for _ in range(max_iter):
-        avg = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, groups=C) / denom
-        new = images * kept + avg * m
-        if (new - x).abs().max() < tol:
-            x = new
-            break
-        x = new
-    if noise > 0:
-        x = x + m * noise * torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    return x
 
 
 def top_fraction_region(head_map: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
