@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from traitlens.backbones import save_model
+from traitlens.backbones import normalize, save_model
 from traitlens.evaluation import (
     cli_evaluate,
     contrast_explanation,
@@ -46,7 +46,20 @@ def test_leaderboard_small_returns_rows_and_png(micro_setup):
     assert {r["method"] for r in rows} == {"rollout", "raw_attention"} and png[:4] == b"\x89PNG"
     assert "contrast_energy" not in rows[0]
     header, body = leaderboard_table(rows)
-    assert header[:2] == ["method", "source"] and "trait_energy ↑" in header and len(body) == 2
+    assert header[:4] == ["method", "model", "model acc", "source"] and "trait_energy ↑" in header and len(body) == 2
+
+
+def test_leaderboard_rows_state_their_models_accuracy(micro_setup):
+    model, data = micro_setup
+    lb = leaderboard(model, data, ["rollout"], peers=[], columns=["trait_energy"], n_images=4, n_boot=20,
+                     progress=False, model_name="vit")
+    expected = sum(int(model(normalize(model, data[i]["image"][None])).argmax()) == int(data[i]["label"])
+                   for i in range(4)) / 4
+    assert lb.rows[0]["model"] == "vit" and lb.rows[0]["model_acc"] == pytest.approx(expected)
+    given = leaderboard(model, data, ["rollout"], peers=[], columns=["trait_energy"], n_images=4, n_boot=20,
+                        progress=False, model_name="vit", accuracies={"vit": 0.25})
+    assert given.rows[0]["model_acc"] == 0.25
+    assert "| rollout | vit | 0.250 |" in given.to_markdown()
 
 
 def test_peer_adapters_shapes_and_no_leaks(micro_setup):

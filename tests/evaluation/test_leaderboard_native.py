@@ -6,9 +6,11 @@ import copy
 
 import pytest
 import torch
+from torch.utils.data import Subset
 
 from traitlens.evaluation import evaluate, leaderboard
 from traitlens.models import SCOUTER
+from traitlens.train import evaluate_accuracy
 
 
 def test_native_model_rows_match_a_direct_evaluation(micro_setup) -> None:
@@ -19,7 +21,8 @@ def test_native_model_rows_match_a_direct_evaluation(micro_setup) -> None:
                      columns=["trait_energy", "deletion"], native_models={"scouter": net})
     assert {r["method"] for r in lb.rows} == {"rollout", "scouter:native"}
     row = next(r for r in lb.rows if r["method"] == "scouter:native")
-    assert row["source"] == "native"
+    assert row["source"] == "native" and row["model"] == "scouter"
+    assert row["model_acc"] == pytest.approx(evaluate_accuracy(net, Subset(data, range(len(lb.results.indices)))))
     direct = evaluate(net, data, methods=["native"], metrics=["energy_pointing_game@trait", "deletion"],
                       max_images=4, metric_options=lb.knobs["metric_options"], n_boot=50, progress=False,
                       plots=False)

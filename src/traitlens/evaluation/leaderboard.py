@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from traitlens.evaluation._data import trait_info
 from traitlens.evaluation.evaluate import EvalResults, Explainer, evaluate
@@ -168,8 +168,12 @@ def peer_explainer(name: str, **options: Any) -> Explainer:
 class Leaderboard:
     """Rows sorted by trait_energy (best first), a bar figure, and the full `EvalResults`.
 
+    Rows whose maps come from different models carry the model's name and accuracy (`model`, `model_acc`), so a
+    table never ranks maps of a weak model against those of a strong one without saying so.
+
     Attributes:
-        rows: per method: method, source, class_specific, signed, one value per column (+ "<col>_ci"), s_per_img.
+        rows: per method: method, model, model_acc, source, class_specific, signed, one value per column
+            (+ "<col>_ci"), s_per_img.
         columns: the metric columns present, in order; `directions[col]` is "higher" or "lower".
         png: the figure (trait energy and trait pointing game per method, with 95 % CIs).
         results: the underlying `EvalResults` (per-image values, knobs).
@@ -184,26 +188,29 @@ class Leaderboard:
 
     def to_markdown(self) -> str:
         arrows = {"higher": "↑", "lower": "↓"}
-        head = ["method", "source", *(f"{c} {arrows[self.directions[c]]}" for c in self.columns), "s/img"]
+        head = ["method", "model", "model acc", "source", *(f"{c} {arrows[self.directions[c]]}" for c in self.columns),
+                "s/img"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            cells = [r["method"], r["source"]]
-            for c in self.columns:
-                v = r.get(c)
-                cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}")
+            cells = [r["method"], r.get("model", "–"), _fmt(r.get("model_acc")), r["source"]]
+            cells += [_fmt(r.get(c)) for c in self.columns]
             cells.append(f"{r['s_per_img']:.4f}" if r.get("s_per_img") is not None else "–")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def leaderboard_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows) for `HtmlReport.table` from leaderboard rows: method, source, every metric column, s/img."""
+    """(header, rows) for `HtmlReport.table`: method, model, model accuracy, source, every metric column, s/img."""
     if not rows:
         return ["method"], []
     cols = [c for c in COLUMNS if c in rows[0]]
     arrows = {"higher": "↑", "lower": "↓"}
-    header = ["method", "source", *(f"{c} {arrows[COLUMNS[c][1]]}" for c in cols), "s/img"]
-    body = [[r["method"], r["source"], *(r[c] for c in cols),
+    header = ["method", "model", "model acc", "source", *(f"{c} {arrows[COLUMNS[c][1]]}" for c in cols), "s/img"]
+    body = [[r["method"], r.get("model", "–"), r.get("model_acc", math.nan), r["source"], *(r[c] for c in cols),
              "–" if r.get("s_per_img") is None else f"{r['s_per_img']:.4f}"] for r in rows]
     return header, body
 
@@ -250,6 +257,8 @@ def leaderboard(
     n_boot: int = 1000,
     progress: bool = True,
     native_models: Mapping[str, nn.Module] | None = None,
+    model_name: str = "model",
+    accuracies: Mapping[str, float] | None = None,
 ) -> Leaderboard:
     """Score methods against TraitShapes trait masks and for faithfulness, on one trained model.
 
@@ -267,6 +276,9 @@ def leaderboard(
         out: folder for the evaluation files (and resumable cache).
         native_models: name → interpretable model (e.g. Prompt-CAM on this backbone) whose own maps are added as
             rows "<name>:native"; their faithfulness columns are measured on that model.
+        model_name: the name `model`'s rows carry in the `model` column.
+        accuracies: model name (`model_name` or a `native_models` key) → its top-1 accuracy, e.g. on a whole test
+            split; a model not named here is scored on the leaderboard's own images.
 
     Returns:
         A `Leaderboard`; every explanation targets the GT label.
@@ -297,20 +309,31 @@ def leaderboard(
     res = evaluate(model, dataset, methods=[*names, *peer_names], metrics=metrics, out=out, batch_size=batch_size,
                    max_images=n_images, target="label", method_options=method_options, metric_options=opts,
                    explainers=explainers, n_boot=n_boot, progress=progress, plots=out is not None)
-    rows = _rows(res, [*names, *peer_names], cols)
+    accuracies = dict(accuracies or {})
+    scored = Subset(dataset, list(range(min(len(dataset), n_images or len(dataset)))))
+    rows = [{**r, "model": model_name, "model_acc": _accuracy(accuracies, model_name, model, scored)}
+            for r in _rows(res, [*names, *peer_names], cols)]
     for label, net in (native_models or {}).items():
         sub = None if out is None else Path(out) / f"native-{label}"
         net_res = evaluate(net, dataset, methods=["native"], metrics=metrics, out=sub, batch_size=batch_size,
                            max_images=n_images, target="label", metric_options=opts, n_boot=n_boot,
                            progress=progress, plots=False)
-        for row in _rows(net_res, ["native"], cols):
-            rows.append({**row, "method": f"{label}:native"})
+        acc = _accuracy(accuracies, label, net, scored)
+        rows += [{**row, "method": f"{label}:native", "model": label, "model_acc": acc}
+                 for row in _rows(net_res, ["native"], cols)]
     key = "trait_energy" if "trait_energy" in cols else cols[0]
     rows.sort(key=lambda r: -np.nan_to_num(r.get(key, math.nan), nan=-np.inf))
     knobs = {"mask": "sibling-discriminative (datasets.md)", "samples": "(image, sibling) pairs", "target": "label",
              "metric_options": opts, "n_images": len(res.indices) if res.indices is not None else 0}
     directions = {c: COLUMNS[c][1] for c in cols}
     return Leaderboard(rows, cols, directions, _figure(rows), res, knobs)
+
+
+def _accuracy(known: Mapping[str, float], name: str, model: nn.Module, dataset: Dataset) -> float:
+    """`known[name]`, else the model's top-1 accuracy on `dataset`."""
+    from traitlens.train import evaluate_accuracy
+
+    return float(known[name]) if name in known else evaluate_accuracy(model, dataset)
 
 
 def _rows(res: EvalResults, names: Sequence[str], cols: Sequence[str]) -> list[dict[str, Any]]:
@@ -384,6 +407,8 @@ def leaderboard_small(
     batch_size: int = 32,
     exclude: Sequence[str] = ("tam", "smooth_cdam", "integrated_cdam", "smoothgrad", "integrated_gradients", "lrp"),
     native_models: Mapping[str, nn.Module] | None = None,
+    model_name: str = "model",
+    accuracies: Mapping[str, float] | None = None,
 ) -> tuple[list[dict[str, Any]], bytes]:
     """A quick leaderboard for the quickstart report: ~32 images, coarse deletion/insertion, no contrast column.
 
@@ -401,5 +426,5 @@ def leaderboard_small(
                      columns=["trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
                               "ins_minus_del"],
                      n_images=n_images, batch_size=batch_size, steps=steps, n_boot=300, progress=False,
-                     native_models=native_models)
+                     native_models=native_models, model_name=model_name, accuracies=accuracies)
     return lb.rows, lb.png
