@@ -1,7 +1,8 @@
 """Training: one resumable trainer with atomic checkpoints."""
 
 from traitlens.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from traitlens.train.parallel import fit_on_cores
 from traitlens.train.trainer import FitConfig, FitResult, dataset_fingerprint, evaluate_accuracy, fit, iterate_batches
 
 __all__ = ["CheckpointError", "FitConfig", "FitResult", "dataset_fingerprint", "evaluate_accuracy", "fit",
-           "iterate_batches", "load_checkpoint", "save_checkpoint"]
+           "fit_on_cores", "iterate_batches", "load_checkpoint", "save_checkpoint"]
