@@ -21,7 +21,7 @@ from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_hi
 from traitlens.explain import explain, list_methods
 from traitlens.models import InterpretableModel, list_model_kinds
 from traitlens.report import HtmlReport
-from traitlens.train import FitConfig, evaluate_accuracy, fit
+from traitlens.train import FitConfig, evaluate_accuracy, fit, fit_on_cores
 from traitlens.viz import figure_png, head_grid, method_grid
 
 __all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_quickstart"]
@@ -58,9 +58,10 @@ class QuickstartConfig:
     n_explain: int = 4
     leaderboard_images: int = 16
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
-    interpretable_train: int = 1_200
+    interpretable_train: int = 4_000
     interpretable_test: int = 1_000
-    interpretable_epochs: int = 3
+    interpretable_epochs: int = 4
+    converged_accuracy: float = 0.85
     progress: bool = True
 
     def vit_recipe(self) -> FitConfig:
@@ -114,7 +115,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     phases.done("generate data")
 
     model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
-    result = fit(model, train, val, cfg.vit_recipe(), out=out / "run", progress=cfg.progress)
+    # One one-thread process per core: faster than two intra-op threads, and robust to a busy machine
+    # (docs/history.md, "CPU threading").
+    result = fit_on_cores(model, train, val, cfg.vit_recipe(), out=out / "run", progress=cfg.progress)
     phases.done("train ViT")
     train_seconds = phases.seconds["train ViT"]
     test_acc = evaluate_accuracy(model, test)
@@ -160,7 +163,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     interp_acc, nets = _interpretable_section(report, cfg, model_dir, train, val, test, images01, labels, out)
     phases.done("interpretable models")
     if cfg.leaderboard_images:
-        _leaderboard_section(report, cfg, model, test, nets)
+        _leaderboard_section(report, cfg, model, test, nets, {"ViT": test_acc, **interp_acc})
         phases.done("leaderboard")
     if skipped:
         report.heading("Methods that failed")
@@ -175,20 +178,24 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
 
 
 def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch.nn.Module, test,
-                         nets: Mapping[str, torch.nn.Module]) -> None:
+                         nets: Mapping[str, torch.nn.Module], accuracy: Mapping[str, float]) -> None:
     """The small TraitShapes leaderboard: post-hoc methods on the ViT, peer rows, and the models' own maps."""
     from traitlens.evaluation import leaderboard_small
 
-    rows, png = leaderboard_small(model, test, n_images=cfg.leaderboard_images, native_models=nets)
+    rows, png = leaderboard_small(model, test, n_images=cfg.leaderboard_images, native_models=nets,
+                                  model_name="ViT", accuracies=accuracy)
     report.heading("Leaderboard against the known traits (small)")
     report.paragraph(f"{cfg.leaderboard_images} test images. trait_pg: the map's peak falls on the trait that "
                      "tells the class from its sibling; trait_energy: share of positive saliency inside that "
                      "trait; deletion (lower is better) / insertion (higher is better): faithfulness. Rows "
                      "prefixed pgc:/captum: come from pytorch-grad-cam and captum; rows ending in :native are the "
-                     "interpretable models' own maps (faithfulness measured on that model).")
+                     "interpretable models' own maps (faithfulness measured on that model). Each row names the model "
+                     "its map came from and that model's test accuracy: rows of different models compare maps of "
+                     "different classifiers, not methods on one classifier (the same-model table does that).")
     columns = [c for c in ("trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
                             "s_per_img") if rows and c in rows[0]]
-    report.table(["method", *columns], [[r["method"], *[r[c] for c in columns]] for r in rows])
+    report.table(["method", "model", "model accuracy", *columns],
+                 [[r["method"], r["model"], r["model_acc"], *[r[c] for c in columns]] for r in rows])
     report.figure(png, "leaderboard")
 
 
@@ -203,8 +210,8 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
         return {}, {}
     from traitlens.models import build_interpretable
 
-    subset = _Subset(train, cfg.interpretable_train)
-    test_subset = _Subset(test, cfg.interpretable_test)
+    subset = train.head(cfg.interpretable_train)
+    test_subset = test.head(cfg.interpretable_test)
     nets = {kind: build_interpretable(kind, backbone_dir, cfg.num_classes, class_names=subset.classes,
                                       **QUICK_MODEL_OPTIONS.get(kind, {})) for kind in cfg.interpretable}
     # On a CPU each model trains on one thread and the models train side by side, one per core: these small models
@@ -223,20 +230,41 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
 
     report.heading("Interpretable-by-design models on the quickstart ViT")
     accuracy = {kind: acc for kind, (acc, _) in results.items()}
+    report.table(["model", f"test accuracy ({len(test_subset)} images)", "train time", "converged"],
+                 [[kind, acc, f"{sec:.0f} s", "yes" if acc >= cfg.converged_accuracy else "NO"]
+                  for kind, (acc, sec) in results.items()])
+    report.paragraph(f"Each trained {cfg.interpretable_epochs} epochs on {len(subset)} images with its 'quick' "
+                     "recipe: Prompt-CAM (shallow: class prompts from the first block) keeps the ViT frozen, INTR "
+                     "fine-tunes it at a lower learning rate and SCOUTER its last blocks. SCOUTER runs without the "
+                     "slot-attention renormalisation: in so short a run the renormalised sigmoid saturates.",
+                     note=True)
+    for kind, acc in accuracy.items():
+        if acc < cfg.converged_accuracy:
+            report.paragraph(f"Warning: {kind} reached only {acc:.1%} test accuracy (chance "
+                             f"{1 / cfg.num_classes:.1%}); its maps explain a model that has not learnt the "
+                             "classes well.", note=True)
     for kind, net in nets.items():
         exp = explain(net, normalize(net, images01), method="native")
         report.figure(method_grid(images01, {f"{kind} native": exp}, row_labels=labels),
-                      f"{kind}: its own evidence map for the predicted class")
+                      f"{kind}: its own evidence map for the predicted class, overlaid on each test image")
         if exp.head_maps is not None:
-            report.figure(head_grid(exp.head_maps[0, 0]), f"{kind}: per-head maps ({labels[0]})")
-    report.table(["model", f"test accuracy ({len(test_subset)} images)", "train time"],
-                 [[kind, acc, f"{sec:.0f} s"] for kind, (acc, sec) in results.items()])
-    report.paragraph(f"Each trained {cfg.interpretable_epochs} epochs on {len(subset)} images with its 'quick' "
-                     "recipe: Prompt-CAM keeps the ViT frozen, INTR fine-tunes it at a lower learning rate and "
-                     "SCOUTER its last blocks. Longer training raises their accuracy. SCOUTER runs without the "
-                     "slot-attention renormalisation here: in so short a run the renormalised sigmoid saturates.",
-                     note=True)
+            report.figure(head_grid(exp.head_maps[0, 0], image=images01[0]),
+                          f"{kind}: per-head maps for the predicted class ({labels[0]})")
+            _head_part_table(report, kind, net, test_subset)
     return accuracy, nets
+
+
+def _head_part_table(report: HtmlReport, kind: str, net: torch.nn.Module, test) -> None:
+    """Which part each head of `net` looks at: its share of positive native evidence per TraitShapes part."""
+    from traitlens.evaluation import trait_report
+
+    tr = trait_report(net, test, method="native", n_images=64)
+    if not tr.head_rows:
+        return
+    report.table(["head", *tr.parts, "top part"],
+                 [[row["head_index"], *[row[p] for p in tr.parts], row["top_part"]] for row in tr.head_rows])
+    report.paragraph(f"{kind}: share of each head's positive evidence on each part (64 test images, true class); "
+                     "rows sum to 1.", note=True)
 
 
 def _train_one(kind: str, net: torch.nn.Module, cfg: QuickstartConfig, train, val, test, out: Path, one_thread: bool,
@@ -250,21 +278,6 @@ def _train_one(kind: str, net: torch.nn.Module, cfg: QuickstartConfig, train, va
     fit(net, train, val, recommended_fit_config(kind, "quick", epochs=cfg.interpretable_epochs, seed=cfg.seed),
         out=out / kind, progress=progress)
     return evaluate_accuracy(net, test), time.perf_counter() - t0
-
-
-class _Subset(torch.utils.data.Dataset):
-    """The first n items of an in-memory split, keeping its fast tensor path."""
-
-    def __init__(self, data, n: int) -> None:
-        n = min(n, len(data))
-        self.images, self.labels, self.classes = data.images[:n], data.labels[:n], data.classes
-        self.transform = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i].float() / 255.0, "label": int(self.labels[i])}
 
 
 def _augmentation(cfg: QuickstartConfig) -> str:

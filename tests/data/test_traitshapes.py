@@ -247,3 +247,15 @@ def test_colour_histogram_baseline_separates_colour_but_not_shape() -> None:
     shape_cfg = dataclasses.replace(colour_cfg, slots=("tail_shape",))
     train, test = TraitShapes(shape_cfg, length=300), TraitShapes(shape_cfg, "test", 200)
     assert colour_histogram_baseline(train, test) < 0.7
+
+
+def test_head_is_the_first_samples_with_their_masks() -> None:
+    cfg = TraitShapesConfig(size=32, num_classes=4, seed=3)
+    full = ts.materialize(ts.TraitShapes(cfg, "test", 6), num_workers=0, progress=False)
+    head = full.head(4)
+    assert len(head) == 4 and head.config is full.config and head.classes == full.classes
+    for i in range(4):
+        a, b = head[i], full[i]
+        assert a["label"] == b["label"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["part_masks"], b["part_masks"])
+    assert len(full) == 6  # the parent split is untouched

@@ -76,8 +76,11 @@ def __getattr__(name: str) -> Any:
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
     },
     # The frozen ViT's stochastic depth stays off while the prompts train: on a backbone pre-trained with it
-    # (`traitlens-vit-tiny-gap`) it would skip the block holding Deep's class prompts.
-    quick_options={"drop_path": 0.0},
+    # (`traitlens-vit-tiny-gap`) it would skip the block holding Deep's class prompts. Shallow (class prompts from
+    # block 0, the paper's variant): Deep reads only the patch tokens entering the last block, and a class-token ViT
+    # such as the quickstart's has moved the evidence into CLS by then (docs/history.md, "Prompt-CAM in the
+    # quickstart").
+    quick_options={"drop_path": 0.0, "variant": "shallow"},
     notes=(
         "reference cosine steps per epoch with lr_min 1e-6 and a warm-up from 0 (DINOv2: from 1e-6); fit's cosine "
         "steps per batch down to 0",

@@ -49,17 +49,17 @@ def method_grid(
 
     names = list(explanations)
     B = images.shape[0]
-    fig, axes = plt.subplots(B, len(names) + 1, figsize=(1.7 * (len(names) + 1), 1.8 * B), squeeze=False)
+    fig, axes = plt.subplots(B, len(names) + 1, figsize=(1.8 * (len(names) + 1), 2.0 * B), squeeze=False)
     for b in range(B):
         axes[b, 0].imshow(to_uint8_image(images[b]))
-        axes[b, 0].set_ylabel(row_labels[b] if row_labels else "", fontsize=7)
+        axes[b, 0].set_ylabel(row_labels[b] if row_labels else "", fontsize=9)
         for j, name in enumerate(names, start=1):
             exp = explanations[name]
             axes[b, j].imshow(overlay(images[b], exp.maps[b, target_index], signed=exp.signed))
             if b == 0:
-                axes[b, j].set_title(name, fontsize=8)
+                axes[b, j].set_title(name, fontsize=9)
             if exp.target_names is not None:
-                axes[b, j].set_xlabel(exp.target_names[b][target_index], fontsize=6)
+                axes[b, j].set_xlabel(exp.target_names[b][target_index], fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -67,16 +67,19 @@ def method_grid(
 
 
 def head_grid(head_maps: torch.Tensor | np.ndarray, signed: bool = False, titles: Sequence[str] | None = None,
-              path: str | Path | None = None) -> bytes:
-    """One panel per head from [R,h,w] maps; returns PNG bytes."""
+              path: str | Path | None = None, image: torch.Tensor | np.ndarray | None = None) -> bytes:
+    """One panel per head from [R,h,w] maps, overlaid on `image` ([3,H,W] in [0,1]) when given; PNG bytes."""
     maps = head_maps.detach().cpu().numpy() if isinstance(head_maps, torch.Tensor) else np.asarray(head_maps)
     R = maps.shape[0]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, R, figsize=(1.6 * R, 1.8), squeeze=False)
     for r in range(R):
-        axes[0, r].imshow(colorize(maps[r], signed), interpolation="nearest")
-        axes[0, r].set_title(titles[r] if titles else f"head {r}", fontsize=8)
+        if image is None:
+            axes[0, r].imshow(colorize(maps[r], signed), interpolation="nearest")
+        else:
+            axes[0, r].imshow(overlay(image, maps[r], signed=signed))
+        axes[0, r].set_title(titles[r] if titles else f"head {r}", fontsize=9)
         axes[0, r].set_xticks([])
         axes[0, r].set_yticks([])
     return figure_png(fig, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import multiprocessing
 from collections.abc import Mapping
 from typing import Any
@@ -129,6 +131,13 @@ class InMemoryDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def head(self, n: int) -> InMemoryDataset:
+        """The first ``n`` samples as a split of their own (tensors shared, not copied)."""
+        part = copy.copy(self)
+        for name in ("images", "owners", "labels", "traits", "boxes", "parts", "indices"):
+            setattr(part, name, getattr(self, name)[:n])
+        return part
 
     def raw(self, index: int) -> TraitShapesSample:
         """The untransformed sample at position ``index`` as numpy arrays."""
