@@ -18,7 +18,8 @@ REFERENCE = REPO / "docs" / "reference"
 SOURCES = sorted((REPO / "src" / "traitlens").rglob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
 
 #: Names of files the code *writes* (reports, benchmark tables), not documents it cites.
-OUTPUT_NAMES = frozenset({"results.md", "leaderboard.md", "README.md", "OUT/results.md"})
+OUTPUT_NAMES = frozenset({"results.md", "leaderboard.md", "README.md", "OUT/results.md", "same_model.md",
+                          "OUT/same_model.md"})
 
 MENTION = re.compile(r"(?<![\w./-])((?:\.\./)*(?:[\w-]+/)*[\w-]+\.md)(?![\w/])")
 DOC = r"((?:[\w-]+/)*(?:posthoc|metrics|models|datasets|api)\.md)"

@@ -1,5 +1,5 @@
-"""Evaluation: score explanation methods over datasets (`evaluate`), the TraitShapes leaderboard, "why A, not B"
-contrast maps and trait reports (api.md `tl.evaluate`; metrics.md; datasets.md "TraitShapes")."""
+"""Evaluation: score explanation methods over datasets (`evaluate`), the TraitShapes leaderboard, the same-model
+table, "why A, not B" contrast maps and trait reports (api.md `tl.evaluate`; metrics.md; datasets.md "TraitShapes")."""
 
 from traitlens.evaluation.cli import DEFAULT_METRICS, cli_evaluate, open_dataset
 from traitlens.evaluation.contrast import ContrastScores, contrast_explanation, score_contrast
@@ -15,6 +15,7 @@ from traitlens.evaluation.leaderboard import (
     peer_explainer,
 )
 from traitlens.evaluation.lsc import LSC_RULES, least_similar_classes, lsc_targets
+from traitlens.evaluation.same_model import SameModelRow, SameModelTable, same_model_rows, same_model_table
 from traitlens.evaluation.trait_report import TraitReport, part_disks, trait_report
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "ContrastScores",
     "EvalResults",
     "Leaderboard",
+    "SameModelRow",
+    "SameModelTable",
     "TraitReport",
     "bootstrap_ci",
     "cli_evaluate",
@@ -42,6 +45,8 @@ __all__ = [
     "open_dataset",
     "part_disks",
     "peer_explainer",
+    "same_model_rows",
+    "same_model_table",
     "score_contrast",
     "trait_report",
 ]
