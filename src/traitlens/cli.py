@@ -186,6 +186,8 @@ def serve(
     queue: int = typer.Option(8, help="Requests allowed to wait for a worker; more get 503."),
     max_upload_mb: float = typer.Option(8.0, help="Upload size cap in MiB (413 beyond)."),
     timeout: float = typer.Option(120.0, help="Per-request timeout in seconds (504 beyond)."),
+    docs: bool = typer.Option(False, "--docs", help="Also serve FastAPI's interactive /docs page (it loads "
+                                                    "Swagger UI from a CDN). Off by default."),
 ) -> None:
     """Serve a local web page: upload an image, pick method/class/concept, see overlays and per-head maps.
 
@@ -193,7 +195,7 @@ def serve(
     """
     from traitlens.server import serve as run_server
 
-    run_server(model or None, host=host, port=port, workers=workers, queue_size=queue,
+    run_server(model or None, host=host, port=port, docs=docs, workers=workers, queue_size=queue,
                max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
@@ -187,3 +188,111 @@ def test_method_that_refuses_the_model_is_a_400(make_client, micro_model):
     r = post(make_client(models={"tiny": Tiny()}), png_bytes(), method="rollout")
     assert r.status_code == 400, r.text
     assert "Tiny" in detail(r) or "ViT" in detail(r)
+
+
+# -- errors from the work: user errors are 4xx with one line, bugs a 500 with a request id ----------------------
+
+def _raising(monkeypatch, err: BaseException) -> None:
+    import traitlens.server.service as service
+
+    def explode(*_args, **_kwargs):
+        raise err
+
+    monkeypatch.setattr(service, "explain", explode)
+
+
+@pytest.mark.parametrize(("err", "status", "reason"), [
+    (KeyError("unknown trait 'stripes'"), 400, "unknown trait 'stripes'"),
+    (KeyError("nope"), 400, "nope"),
+    (NotImplementedError("lrp is not implemented\n  for this attention"), 400,
+     "lrp is not implemented for this attention"),
+    (ValueError("bad option"), 400, "bad option"),
+    (TypeError("not a ViT"), 400, "not a ViT"),
+])
+def test_user_errors_from_the_work_are_4xx_with_one_line(make_client, monkeypatch, err, status, reason):
+    _raising(monkeypatch, err)
+    r = post(make_client(), png_bytes())
+    assert r.status_code == status, r.text
+    assert detail(r) == reason
+
+
+def test_an_undecodable_image_error_is_422(make_client, monkeypatch):
+    from PIL import UnidentifiedImageError
+
+    import traitlens.server.service as service
+
+    def undecodable(*_args, **_kwargs):
+        raise UnidentifiedImageError("cannot identify image file")
+
+    monkeypatch.setattr(service.Server, "decode", undecodable)
+    r = post(make_client(), png_bytes())
+    assert r.status_code == 422 and "cannot identify image file" in detail(r)
+
+
+def test_a_bug_is_a_500_with_a_request_id_and_the_traceback_only_in_the_log(make_client, monkeypatch, caplog):
+    import logging
+
+    _raising(monkeypatch, RuntimeError("secret detail at /home/someone/model.py"))
+    client = make_client()
+    with caplog.at_level(logging.ERROR, logger="traitlens.server"):
+        r = post(client, png_bytes())
+    assert r.status_code == 500
+    body = r.json()
+    assert set(body) == {"detail", "request_id"} and body["detail"] == "internal error"
+    rid = body["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", rid) and r.headers["x-request-id"] == rid
+    assert "secret" not in r.text and "Traceback" not in r.text and "RuntimeError" not in r.text
+    (record,) = [rec for rec in caplog.records if rid in rec.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info and record.exc_info[0] is RuntimeError
+    assert "/api/explain" in record.getMessage()
+    # The server keeps serving, and each request has its own id.
+    ok = client.get("/api/health")
+    assert ok.status_code == 200 and ok.headers["x-request-id"] not in ("", rid)
+
+
+def test_a_bug_outside_explain_is_the_same_json_500(make_client, monkeypatch):
+    client = make_client()
+    srv = client.app.state.server
+
+    def broken():
+        raise AttributeError("'NoneType' object has no attribute 'describe'")
+
+    monkeypatch.setattr(srv.concepts, "all", broken)
+    r = client.get("/api/concepts")
+    assert r.status_code == 500 and r.json() == {"detail": "internal error", "request_id": r.headers["x-request-id"]}
+
+
+def test_methods_are_checked_against_the_model_before_any_work(make_client, monkeypatch):
+    """A method the model's family cannot run is refused up front (400, one line), and /api/info offers per model
+    only the methods that pass the same check."""
+    import torch.nn as nn
+
+    import traitlens.server.service as service
+    from traitlens.backbones import create_preset
+    from traitlens.explain import list_methods
+
+    class Conv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_classes = 2
+            self.pretrained_cfg = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    calls: list[str] = []
+    real = service.explain
+    monkeypatch.setattr(service, "explain", lambda *a, **k: calls.append(k["method"]) or real(*a, **k))
+    client = make_client(models={"vit": create_preset("traitlens-vit-micro", 3), "conv": Conv()})
+    info = {m["name"]: m["methods"] for m in client.get("/api/info").json()["models"]}
+    vit_only = [m.name for m in list_methods() if m.families == ("vit",)]
+    assert set(vit_only) <= set(info["vit"]) and not set(vit_only) & set(info["conv"])
+    assert info["conv"] == [m.name for m in list_methods() if "cnn" in m.families]
+    for method in vit_only:
+        r = post(client, png_bytes(), model="conv", method=method)
+        assert r.status_code == 400, (method, r.text)
+        msg = detail(r)
+        assert f"'{method}'" in msg and "Conv" in msg and "needs a vit model" in msg
+        assert all(name in msg for name in info["conv"])  # what the model does support
+    assert calls == []

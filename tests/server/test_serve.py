@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from traitlens.server import DEFAULT_MODEL, ServerLimits, is_loopback, load_served_models, serve
+from traitlens.server import DEFAULT_MODEL, ServerLimits, is_loopback, load_served_models, serve, served_name
 
 from .helpers import png_bytes
 
@@ -29,13 +29,22 @@ def test_default_model_is_the_quickstart_model(tmp_path, monkeypatch, micro_dir)
     monkeypatch.chdir(tmp_path)
     shutil.copytree(micro_dir, tmp_path / DEFAULT_MODEL)
     models = load_served_models(None)
-    assert list(models) == [str(DEFAULT_MODEL)]
-    assert models[str(DEFAULT_MODEL)].class_names == ["circle", "square", "triangle"]
+    assert list(models) == [DEFAULT_MODEL.name]
+    assert models[DEFAULT_MODEL.name].class_names == ["circle", "square", "triangle"]
 
 
-def test_several_models_keep_their_given_names(micro_dir):
-    models = load_served_models([str(micro_dir), micro_dir])
-    assert list(models) == [str(micro_dir)]
+def test_several_models_are_named_without_paths(micro_dir, tmp_path):
+    models = load_served_models([str(micro_dir), micro_dir])  # one model, given twice
+    assert list(models) == [micro_dir.name]
+    # Two folders of the same name: the second gets its parent in front; timm/preset names stay as given.
+    a, b = tmp_path / "a" / "best", tmp_path / "b" / "best"
+    for p in (a, b):
+        p.mkdir(parents=True)
+    assert served_name(a) == "best"
+    assert served_name(b, taken={"best"}) == "b/best"
+    assert served_name("traitlens-vit-micro") == "traitlens-vit-micro"
+    assert served_name("traitlens-vit-micro", taken={"traitlens-vit-micro"}) == "traitlens-vit-micro-2"
+    assert str(tmp_path) not in served_name(b, taken={"best", "b/best"})
 
 
 def test_unknown_and_bad_limits_are_refused():
@@ -90,8 +99,18 @@ def test_serve_runs_uvicorn_on_loopback(micro_dir):
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()["capacity"] == 1 + ServerLimits().queue_size
         assert "server" not in r.headers
-        info = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=5).json()
-        assert info["models"][0]["name"] == str(micro_dir)
+        # More idle sockets than the request limit (the 70 half-open connections) do not block anyone.
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(70)]
+        try:
+            time.sleep(0.2)
+            assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+        finally:
+            for s in idle:
+                s.close()
+        info_r = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=5)
+        info = info_r.json()
+        assert info["models"][0]["name"] == micro_dir.name  # the folder's name, never its path
+        assert str(micro_dir) not in info_r.text and str(micro_dir.parent) not in info_r.text
         # A page reached under a foreign host name (DNS rebinding) is refused.
         assert httpx.get(f"http://127.0.0.1:{port}/", headers={"host": "evil.example"}, timeout=5).status_code == 400
         # 50 concurrent real HTTP requests: each gets an answer (200, or 503 when the pool is full), none a crash.

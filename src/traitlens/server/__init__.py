@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
     from fastapi import FastAPI
 
-__all__ = ["DEFAULT_MODEL", "ServerLimits", "create_app", "load_served_models", "serve"]
+__all__ = ["DEFAULT_MODEL", "ServerLimits", "create_app", "load_served_models", "serve", "served_name"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ def _require_web() -> None:
 
 
 def create_app(models: dict[str, nn.Module], limits: ServerLimits | None = None,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, docs: bool = False) -> FastAPI:
     """Build the FastAPI app (see `traitlens.server.app.create_app`); needs the 'web' extra."""
     _require_web()
     from traitlens.server.app import create_app as _create
 
-    return _create(models, limits, allowed_hosts)
+    return _create(models, limits, allowed_hosts, docs=docs)
 
 
 def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
@@ -62,8 +62,28 @@ def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | 
     return list(model)
 
 
+def served_name(spec: str | Path, taken: Collection[str] = ()) -> str:
+    """The name a model is served (and shown) under: a folder's or file's own name, or the timm/preset name.
+
+    Never a path: `/home/me/runs/ts/best` is served as `best`; when that name is taken, parent folders are put
+    in front (`ts/best`), and a number after it when the path runs out (`best-2`).
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    # A timm name, hf-hub id or preset is shown as given (load_model refuses a missing path).
+    parts = (path.resolve().parts[1:] or ("model",)) if path.exists() else (text,)
+    for n in range(1, len(parts) + 1):
+        name = "/".join(parts[-n:])
+        if name not in taken:
+            return name
+    k = 2
+    while f"{parts[-1]}-{k}" in taken:
+        k += 1
+    return f"{parts[-1]}-{k}"
+
+
 def load_served_models(model: str | Path | Sequence[str | Path] | None) -> dict[str, nn.Module]:
-    """Load the models to serve, keyed by the name requests use (the string given on the command line).
+    """Load the models to serve, keyed by the name requests use (`served_name`: no path is ever shown).
 
     Args:
         model: a model folder, timm name or preset (see `load_model`), several of them, or None for the
@@ -76,11 +96,14 @@ def load_served_models(model: str | Path | Sequence[str | Path] | None) -> dict[
     from traitlens.backbones import load_model
 
     models: dict[str, nn.Module] = {}
+    seen: set[str] = set()
     for spec in _model_specs(model):
-        name = str(spec)
-        if name in models:
+        key = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else str(spec)
+        if key in seen:
             continue
-        log.info("loading model %s", name)
+        seen.add(key)
+        name = served_name(spec, models)
+        log.info("loading model %s as '%s'", spec, name)
         models[name] = load_model(spec).eval()
     if not models:
         raise ValueError("no model to serve")
@@ -98,7 +121,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "127.0.0.1", port: int = 8000,
-          **limits: Any) -> None:
+          docs: bool = False, **limits: Any) -> None:
     """Serve the explanation page and JSON API until interrupted.
 
     Args:
@@ -106,8 +129,9 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
             (`traitlens-quickstart/run/best`).
         host: address to bind; 127.0.0.1 by default. Anything else exposes the server (no authentication).
         port: TCP port.
+        docs: also serve FastAPI's interactive `/docs` page (it loads Swagger UI from a CDN); off by default.
         **limits: fields of `ServerLimits` (e.g. `workers=2, queue_size=8, timeout_s=120,
-            max_upload_bytes=8 << 20`); None values keep the defaults.
+            max_upload_bytes=8 << 20, header_timeout_s=10`); None values keep the defaults.
 
     Raises:
         RuntimeError: the 'web' extra is not installed.
@@ -122,6 +146,8 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
     _require_web()
     import uvicorn
 
+    from traitlens.server._protocol import uvicorn_config
+
     models = load_served_models(model)
     if is_loopback(host):
         from traitlens.server.middleware import LOOPBACK_HOSTS
@@ -131,9 +157,8 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
         log.warning("serving on %s: anyone who can reach this address can use the server (there is no "
                     "authentication); bind 127.0.0.1 unless you mean it", host)
         allowed = ["*"]
-    app = create_app(models, lim, allowed_hosts=allowed)
+    app = create_app(models, lim, allowed_hosts=allowed, docs=docs)
     shown = f"[{host}]" if ":" in host else host
-    log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json; models: %s)", shown, port,
-             ", ".join(models))
-    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=lim.max_concurrent_connections,
-                timeout_keep_alive=5, server_header=False)
+    log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json%s; models: %s)", shown, port,
+             ", /docs" if docs else "", ", ".join(models))
+    uvicorn.Server(uvicorn_config(app, host, port, lim)).run()

@@ -23,7 +23,10 @@ class ServerLimits:
         max_heads: per-head maps returned per target at most.
         max_concept_images: sample images per concept at most.
         max_concepts: concepts kept in memory; the oldest is dropped beyond.
-        max_concurrent_connections: uvicorn's connection limit (503 beyond).
+        max_concurrent_connections: requests handled at once, counted from a complete request head (503
+            beyond); idle or half-sent connections do not count, they are closed after `header_timeout_s`.
+        header_timeout_s: seconds a connection may take to send a complete request head (request line and
+            headers); it is closed beyond, so idle sockets cannot pile up.
         display_size: longest side in pixels of the returned overlays.
         head_display_size: longest side in pixels of the returned per-head maps.
     """
@@ -39,6 +42,7 @@ class ServerLimits:
     max_concept_images: int = 16
     max_concepts: int = 64
     max_concurrent_connections: int = 64
+    header_timeout_s: float = 10.0
     display_size: int = 320
     head_display_size: int = 96
 

@@ -11,6 +11,7 @@ __all__ = [
     "ExplainOut",
     "HealthOut",
     "InfoOut",
+    "InternalErrorOut",
     "MethodOut",
     "ModelOut",
     "PredictionOut",
@@ -23,6 +24,13 @@ class ErrorOut(BaseModel):
     """Every error: a message saying what went wrong and what to do."""
 
     detail: str
+
+
+class InternalErrorOut(BaseModel):
+    """A bug (500): the traceback is in the server's log under `request_id`; the response never carries it."""
+
+    detail: str = Field(description='always "internal error"')
+    request_id: str = Field(description="the id the server's log names this request with (also X-Request-ID)")
 
 
 class MethodOut(BaseModel):

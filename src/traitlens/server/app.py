@@ -2,9 +2,10 @@
 
 Hardening (the issue's list): uploads are capped before parsing (413), typed by their magic bytes (415) and
 decoded with a pixel cap (422); models are picked by name from the ones loaded at start-up, so no request
-ever names a file; all model work runs in a bounded pool (503 when full) under a per-request timeout (504).
-The pieces: `middleware` (body cap, Host guard, headers), `service` (checks and jobs), `routes` (HTTP),
-`concepts` (the in-memory concept store).
+ever names a file; all model work runs in a bounded pool (503 when full) under a per-request timeout (504);
+state-changing requests from other web sites are refused (403); a bug answers 500 with a request id, never a
+traceback. The pieces: `middleware` (request ids, request limit, Host and Origin guards, body cap, headers),
+`service` (checks and jobs), `routes` (HTTP), `concepts` (the in-memory concept store).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from fastapi.staticfiles import StaticFiles
 from traitlens import __version__
 from traitlens.server._limits import ServerLimits
 from traitlens.server.concepts import concept_class
-from traitlens.server.middleware import LOOPBACK_HOSTS, BodyLimit, HostGuard, SecurityHeaders
+from traitlens.server.middleware import (
+    LOOPBACK_HOSTS,
+    BodyLimit,
+    ConcurrencyLimit,
+    HostGuard,
+    InternalErrors,
+    OriginGuard,
+    SecurityHeaders,
+)
 from traitlens.server.routes import router, static_dir
 from traitlens.server.service import RequestError, Server, model_family
 
@@ -33,6 +42,7 @@ def create_app(
     models: Mapping[str, nn.Module],
     limits: ServerLimits | None = None,
     allowed_hosts: list[str] | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """Build the app serving `models` (name → loaded model; the first is the default).
 
@@ -41,9 +51,10 @@ def create_app(
         limits: upload, pool, queue and timeout bounds; `ServerLimits()` when None.
         allowed_hosts: Host header values to answer (DNS-rebinding guard); `["*"]` for any. None: loopback
             names plus `testserver` (FastAPI's TestClient).
+        docs: serve FastAPI's interactive `/docs` page (it loads Swagger UI from a CDN); off by default.
 
     Returns:
-        The FastAPI app; its OpenAPI schema is at `/openapi.json`, the page at `/`.
+        The FastAPI app; its OpenAPI schema is at `/openapi.json`, the page at `/` (and `/docs` with `docs`).
 
     Example:
         >>> app = create_app({"micro": load_model("runs/micro/best")})  # doctest: +SKIP
@@ -56,10 +67,16 @@ def create_app(
         yield
         srv.pool.shutdown()
 
-    app = FastAPI(title="traitlens serve", version=__version__, lifespan=lifespan, description=_DESCRIPTION)
+    app = FastAPI(title="traitlens serve", version=__version__, lifespan=lifespan, description=_DESCRIPTION,
+                  docs_url="/docs" if docs else None, redoc_url=None)
     app.state.server = srv
+    # Added innermost first: a request meets SecurityHeaders, InternalErrors, ConcurrencyLimit, HostGuard,
+    # OriginGuard, then BodyLimit, then the routes.
     app.add_middleware(BodyLimit, max_bytes=srv.limits.max_request_bytes)
+    app.add_middleware(OriginGuard)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts or [*LOOPBACK_HOSTS, "testserver"])
+    app.add_middleware(ConcurrencyLimit, limit=srv.limits.max_concurrent_connections)
+    app.add_middleware(InternalErrors)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     app.include_router(router)

@@ -1,7 +1,9 @@
 """The HTTP routes: thin functions that read the form, call the `Server` of the app, and map refusals to statuses.
 
-Every error is JSON `{"detail": message}`: `RequestError`/`UploadError` keep their status, a `ValueError` or
-`TypeError` from a method that refuses the model or target is a 400, anything else a 500 with the reason.
+Every error is JSON `{"detail": message}`: `RequestError`/`UploadError` keep their status; a user error from the
+work (`USER_ERRORS`: ValueError, TypeError, KeyError, NotImplementedError, an undecodable image) is a 400 or 422
+with its reason on one line; anything else is a bug: it propagates to `middleware.InternalErrors`, which logs the
+traceback and answers 500 `{"detail": "internal error", "request_id": ...}`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, Response
+from PIL import Image, UnidentifiedImageError
 
 from traitlens import __version__
 from traitlens.explain import MethodInfo, list_methods
 from traitlens.server._images import FORMATS, UploadError
-from traitlens.server._schemas import ConceptOut, ErrorOut, ExplainOut, HealthOut, InfoOut, MethodOut
+from traitlens.server._schemas import ConceptOut, ErrorOut, ExplainOut, HealthOut, InfoOut, InternalErrorOut, MethodOut
 from traitlens.server.service import MAX_TEXT, RequestError, Server
 
-__all__ = ["ERRORS", "router", "static_dir"]
+__all__ = ["ERRORS", "USER_ERRORS", "router", "static_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ _STATIC = "static"
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in {
-        400: "bad request: unknown method or class, bad target, unusable file",
+        400: "bad request: unknown method or class, a method that does not run on this model, bad target",
+        403: "a state-changing request sent by another web site (Origin / Sec-Fetch-Site)",
         404: "unknown model or concept id",
         413: "upload larger than the limit",
         415: "not a supported image type (judged by the file's content)",
@@ -40,6 +44,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "the request took longer than the server's time limit",
     }.items()
 }
+ERRORS[500] = {"model": InternalErrorOut, "description": "a bug: the traceback is in the server's log under "
+                                                         "request_id"}
+
+#: Exceptions from a job that are the request's fault (a 4xx with the reason), not the server's.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, NotImplementedError)
+#: Of those and the image decoder's, the ones meaning "this file cannot be decoded" (422).
+_IMAGE_ERRORS: tuple[type[Exception], ...] = (UnidentifiedImageError, Image.DecompressionBombError)
+#: What the routes turn into a 4xx; anything else propagates (a bug: `InternalErrors` answers 500).
+_REFUSALS: tuple[type[Exception], ...] = (RequestError, UploadError, *_IMAGE_ERRORS, *USER_ERRORS)
+#: Longest error reason returned.
+_MAX_REASON = 500
 
 router = APIRouter()
 
@@ -63,15 +78,22 @@ def _method_out(info: MethodInfo) -> MethodOut:
                      default_norm=info.default_norm)
 
 
-def _http_error(err: Exception, job: str, failed: str) -> HTTPException:
-    """The HTTP error for a failure of `job` that is not one already."""
+def one_line(err: BaseException) -> str:
+    """The reason of `err` on one line: its message (a KeyError's key unquoted), whitespace folded, bounded."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or type(err).__name__
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _http_error(err: Exception, job: str) -> HTTPException:
+    """The 4xx for a refusal or user error (`_REFUSALS`) of `job`."""
     if isinstance(err, (RequestError, UploadError)):
-        return HTTPException(err.status, str(err))
-    if isinstance(err, (ValueError, TypeError)):  # the method refused this model/target: a client error
-        log.info("%s refused: %s", job, err)
-        return HTTPException(400, f"{type(err).__name__}: {err}")
-    log.error("%s failed", job, exc_info=err)
-    return HTTPException(500, f"{failed}: {type(err).__name__}: {err}")
+        return HTTPException(err.status, one_line(err))
+    if isinstance(err, _IMAGE_ERRORS):
+        log.info("%s refused the image: %s", job, err)
+        return HTTPException(422, f"the image cannot be decoded: {one_line(err)}")
+    log.info("%s refused: %s", job, err)  # a USER_ERRORS: e.g. the method refused this model or target
+    return HTTPException(400, one_line(err))
 
 
 async def _read_upload(srv: Server, file: UploadFile, label: str) -> bytes:
@@ -116,10 +138,8 @@ async def explain_image(
         req = srv.explain_request(model, method, target, contrast)
         data = await _read_upload(srv, image, "image")
         return cast(ExplainOut, await srv.run(srv.explain_job, req, data, include_raw))
-    except HTTPException:
-        raise
-    except Exception as err:
-        raise _http_error(err, "explain", "the explanation failed") from err
+    except _REFUSALS as err:
+        raise _http_error(err, "explain") from err
 
 
 @router.post("/api/concept", response_model=ConceptOut, responses=ERRORS,
@@ -135,10 +155,8 @@ async def create_concept(
         datas = [await _read_upload(srv, f, f"image {i + 1}") for i, f in enumerate(images)]
         item = await srv.run(srv.concept_job, served, datas, label)
         return cast(ConceptOut, item.describe())
-    except HTTPException:
-        raise
-    except Exception as err:
-        raise _http_error(err, "concept", "computing the concept failed") from err
+    except _REFUSALS as err:
+        raise _http_error(err, "concept") from err
 
 
 @router.get("/api/concepts", response_model=list[ConceptOut], summary="Concepts stored in memory")

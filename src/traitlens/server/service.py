@@ -37,7 +37,8 @@ from traitlens.server._render import display_image, head_pngs, overlay_png
 from traitlens.server._schemas import ContrastOut, ExplainOut, ModelOut, PredictionOut, SizeOut, TargetOut
 from traitlens.server.concepts import ConceptStore, StoredConcept, concept_class
 
-__all__ = ["MAX_TEXT", "ExplainRequest", "RequestError", "Served", "Server", "Target", "clean_text", "model_family"]
+__all__ = ["MAX_TEXT", "ExplainRequest", "RequestError", "Served", "Server", "Target", "clean_text", "model_family",
+           "supported_methods"]
 
 #: Longest accepted short text field (model, method, target, concept name).
 MAX_TEXT = 200
@@ -57,6 +58,27 @@ def model_family(model: nn.Module) -> str:
     if callable(getattr(model, "native_maps", None)):
         return "native"
     return "vit" if is_vit(model) else "cnn"
+
+
+def _refuse_incompatible(model: nn.Module, method: str) -> str | None:
+    """Why `method` cannot run on `model` (one line), or None when it can: its declared families vs the model's.
+
+    A model offers its family (`model_family`) and "logits" (its forward returns logits, which pixel-gradient
+    methods need); interpretable models offer "native" + "logits".
+    """
+    # TODO(lead): use traitlens.explain.method_refusal
+    info = get_method(method)
+    offered = {model_family(model), "logits"}
+    if offered & set(info.families):
+        return None
+    fits = ", ".join(m.name for m in list_methods() if offered & set(m.families)) or "none"
+    return (f"method '{info.name}' does not run on {type(model).__name__} (a {model_family(model)} model): it needs "
+            f"a {' or '.join(info.families)} model; methods for this model: {fits}")
+
+
+def supported_methods(model: nn.Module) -> list[str]:
+    """The registered methods that run on `model` (what /api/info offers for it)."""
+    return [m.name for m in list_methods() if _refuse_incompatible(model, m.name) is None]
 
 
 def clean_text(text: str | None, what: str) -> str:
@@ -84,7 +106,7 @@ class Served:
     def describe(self) -> ModelOut:
         return ModelOut(name=self.name, family=self.family, num_classes=self.num_classes,
                         class_names=self.class_names, input_size=list(self.input_size),
-                        methods=[m.name for m in list_methods(family=self.family)])
+                        methods=supported_methods(self.model))
 
 
 @dataclass
@@ -198,6 +220,9 @@ class Server:
         """Check the form fields of /api/explain: model, method, target and contrast."""
         served = self.served(model)
         info = self.method(method)
+        refusal = _refuse_incompatible(served.model, info.name)
+        if refusal is not None:
+            raise RequestError(400, refusal)
         tgt = self.target(target, served, info)
         con = None
         if contrast and contrast.strip():

@@ -48,21 +48,16 @@ function fillModels() {
 }
 
 function fillMethods() {
+  // Only the methods the server says run on this loaded model (its /api/info entry); never a guess here.
   const model = currentModel();
   const select = $("method");
   const previous = select.value;
   const fits = state.info.methods.filter((m) => model.methods.includes(m.name));
-  const others = state.info.methods.filter((m) => !model.methods.includes(m.name));
-  const groups = [el("optgroup", { label: `for ${model.family} models` },
-    fits.map((m) => option(m.name, m.name + (m.signed ? " (signed)" : ""))))];
-  if (others.length) {
-    groups.push(el("optgroup", { label: "other families (may not run)" },
-      others.map((m) => option(m.name, m.name))));
-  }
-  select.replaceChildren(...groups);
-  const names = state.info.methods.map((m) => m.name);
-  if (names.includes(previous)) select.value = previous;
+  select.replaceChildren(...fits.map((m) => option(m.name, m.name + (m.signed ? " (signed)" : ""))));
+  if (model.methods.includes(previous)) select.value = previous;
   else if (model.methods.includes("cdam")) select.value = "cdam";
+  select.disabled = fits.length === 0;
+  if (!fits.length) $("method-info").textContent = `no registered method runs on ${model.name}`;
   describeMethod();
 }
 
