@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -32,6 +34,10 @@ def test_quickstart_writes_a_complete_report(tmp_path) -> None:
     assert html.count("data:image/png;base64,") >= 6
     for kind in ("promptcam", "intr", "scouter"):  # the models' own maps are leaderboard rows
         assert f"{kind}:native" in html
+        same = json.loads((tmp_path / "qs" / f"same_model_{kind}.json").read_text())
+        assert same["rows"][0]["method"] == "native" and same["n_images"] == 16
+        assert 0 <= same["accuracy"]["value"] <= 1 and same["accuracy"]["n"] == 16
+    assert "Native maps against post-hoc maps on the same model" in html and "model accuracy" in html
     assert "Where the time went" in html and res.phase_seconds["train ViT"] > 0
     assert sum(res.phase_seconds.values()) <= res.total_seconds + 1e-6
     model = load_model(res.model_dir)

@@ -6,6 +6,7 @@ and writes an HTML report. No downloads.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from traitlens._io import atomic_write
 from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
@@ -57,6 +59,8 @@ class QuickstartConfig:
     num_workers: int = 2
     n_explain: int = 4
     leaderboard_images: int = 16
+    same_model_images: int = 16
+    same_model_methods: tuple[str, ...] = ("gradcam", "input_x_gradient", "cdam", "rollout", "raw_attention")
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
     interpretable_train: int = 4_000
     interpretable_test: int = 1_000
@@ -165,6 +169,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     if cfg.leaderboard_images:
         _leaderboard_section(report, cfg, model, test, nets, {"ViT": test_acc, **interp_acc})
         phases.done("leaderboard")
+    if cfg.same_model_images and nets:
+        _same_model_section(report, cfg, nets, test, out)
+        phases.done("same-model table")
     if skipped:
         report.heading("Methods that failed")
         report.table(["method", "error"], sorted(skipped.items()))
@@ -197,6 +204,29 @@ def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch
     report.table(["method", "model", "model accuracy", *columns],
                  [[r["method"], r["model"], r["model_acc"], *[r[c] for c in columns]] for r in rows])
     report.figure(png, "leaderboard")
+
+
+def _same_model_section(report: HtmlReport, cfg: QuickstartConfig, nets: Mapping[str, torch.nn.Module], test,
+                        out: Path) -> None:
+    """Each by-design model's own maps against post-hoc maps computed on that same model."""
+    from traitlens.evaluation import same_model_rows, same_model_table
+
+    report.heading("Native maps against post-hoc maps on the same model")
+    report.paragraph(f"{cfg.same_model_images} test images per model, true class. native: the model's own map "
+                     "(mean over heads); native_top-k: the top-k heads of Prompt-CAM's ranking by blurring; the "
+                     "post-hoc rows explain that same model. trait_*: the sibling-discriminative part; class_*: "
+                     "every trait part of the class. pg = pointing game, energy = share of positive evidence; "
+                     "deletion ↓ / insertion ↑ on that model. [95 % bootstrap CI]; the chance row is a random map. "
+                     "Methods the model cannot run are listed under the table.")
+    for kind, net in nets.items():
+        table = same_model_table(net, test, methods=list(cfg.same_model_methods), n_images=cfg.same_model_images,
+                                 n_boot=300, seed=cfg.seed)
+        header, body = same_model_rows(table)
+        report.heading(f"{kind}: {table.summary().split(';')[0]}", level=3)
+        report.table(header, body)
+        if table.skipped:
+            report.paragraph("; ".join(f"{m}: {why}" for m, why in table.skipped.items()), note=True)
+        atomic_write(out / f"same_model_{kind}.json", lambda p, t=table: p.write_text(json.dumps(t.to_dict())))
 
 
 def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_dir: Path, train, val, test,

@@ -34,9 +34,11 @@ class HtmlReport:
         self.title = title
         self._parts: list[str] = []
 
-    def heading(self, text: str) -> None:
-        """A section heading."""
-        self._parts.append(f"<h2>{html.escape(text)}</h2>")
+    def heading(self, text: str, level: int = 2) -> None:
+        """A section heading (`level` 2) or sub-heading (3)."""
+        if level not in (2, 3):
+            raise ValueError(f"heading level must be 2 or 3, got {level}")
+        self._parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def paragraph(self, text: str, note: bool = False) -> None:
         """A paragraph of plain text (escaped)."""
