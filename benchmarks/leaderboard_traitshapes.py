@@ -20,6 +20,7 @@ from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, materiali
 from traitlens.evaluation import leaderboard
 from traitlens.models import list_model_kinds
 from traitlens.quickstart import QuickstartConfig
+from traitlens.train import evaluate_accuracy
 
 
 def main() -> None:
@@ -39,10 +40,15 @@ def main() -> None:
                if (args.quickstart / kind / "best").is_dir()}
     qs = QuickstartConfig()
     config = TraitShapesConfig(size=qs.size, num_classes=qs.num_classes, seed=qs.seed)
-    test = materialize(TraitShapes(config, "test", args.n_images), num_workers=0, progress=False)
+    full_test = materialize(TraitShapes(config, "test", qs.n_test), num_workers=0, progress=False)
+    test = full_test.head(args.n_images)
     if list(getattr(model, "class_names", test.classes)) != list(test.classes):
         raise SystemExit("the model's class names do not match the quickstart TraitShapes classes")
-    lb = leaderboard(model, test, n_images=args.n_images, steps=args.steps, out=args.out, native_models=natives)
+    # Each row states the accuracy of the model its map came from, on the quickstart's whole test split.
+    accuracies = {"ViT": evaluate_accuracy(model, full_test),
+                  **{kind: evaluate_accuracy(net, full_test) for kind, net in natives.items()}}
+    lb = leaderboard(model, test, n_images=args.n_images, steps=args.steps, out=args.out, native_models=natives,
+                     model_name="ViT", accuracies=accuracies)
     args.out.mkdir(parents=True, exist_ok=True)
     table = lb.to_markdown()
     (args.out / "leaderboard.md").write_text(table + "\n")
