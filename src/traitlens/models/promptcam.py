@@ -71,9 +71,10 @@ def __getattr__(name: str) -> Any:
                                schedule="cosine", warmup_epochs=20, batch_size=64, label_smoothing=0.0, seed=42,
                                selection="val"),
         # Tiny TraitShapes backbones on 2 CPU cores. lr 3e-2: the few prompt parameters underfit at 1e-2
-        # (docs/models_evidence.md, "Deep Prompt-CAM: learning rate").
-        "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=3e-2, weight_decay=0.0,
-                           schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
+        # (docs/models_evidence.md, "Deep Prompt-CAM: learning rate"); batch 32 and 6 epochs: steadier across seeds
+        # than 64 × 4 (docs/history.md, "Quickstart by-design models").
+        "quick": FitConfig(epochs=6, mode="model", optimizer="adamw", lr=3e-2, weight_decay=0.0,
+                           schedule="onecycle", batch_size=32, label_smoothing=0.0, seed=0, selection="val"),
     },
     # The frozen ViT's stochastic depth stays off while the prompts train: on a backbone pre-trained with it
     # (`traitlens-vit-tiny-gap`) it would skip the block holding Deep's class prompts. Shallow (class prompts from
