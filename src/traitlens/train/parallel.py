@@ -60,7 +60,8 @@ def fit_on_cores(
     with tempfile.TemporaryDirectory(prefix="traitlens-ddp-") as rendezvous:
         store = f"file://{Path(rendezvous) / 'store'}"
         workers = [ctx.Process(target=_worker, args=(rank, n, store, model, train_set, val_set, config, out,
-                                                     progress, logging.getLogger().level, results), daemon=True)
+                                                     progress, logging.getLogger("traitlens").getEffectiveLevel(),
+                                                     results), daemon=True)
                    for rank in range(n)]
         for w in workers:
             w.start()
