@@ -51,19 +51,41 @@ def method_grid(
     B = images.shape[0]
     fig, axes = plt.subplots(B, len(names) + 1, figsize=(1.8 * (len(names) + 1), 2.0 * B), squeeze=False)
     for b in range(B):
+        targets = {str(e.target_names[b][target_index]) for e in explanations.values() if e.target_names is not None}
+        shared = targets.pop() if len(targets) == 1 else None  # one explained class for the row: say it once
+        label = row_labels[b] if row_labels else ""
+        if shared is not None:
+            label = f"{label}\nexplained: {shared}" if label else f"explained: {shared}"
         axes[b, 0].imshow(to_uint8_image(images[b]))
-        axes[b, 0].set_ylabel(row_labels[b] if row_labels else "", fontsize=9)
+        axes[b, 0].set_ylabel(_wrap(label), fontsize=8)
         for j, name in enumerate(names, start=1):
             exp = explanations[name]
             axes[b, j].imshow(overlay(images[b], exp.maps[b, target_index], signed=exp.signed))
             if b == 0:
-                axes[b, j].set_title(name, fontsize=9)
-            if exp.target_names is not None:
-                axes[b, j].set_xlabel(exp.target_names[b][target_index], fontsize=8)
+                axes[b, j].set_title(_wrap(name), fontsize=9)
+            if exp.target_names is not None and shared is None:
+                axes[b, j].set_xlabel(_wrap(str(exp.target_names[b][target_index])), fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     return figure_png(fig, path)
+
+
+def _wrap(text: str, width: int = 16) -> str:
+    """Break long labels (class names like "red-head/plain/fan/spike") into lines of about `width` characters."""
+    lines = []
+    for line in text.split("\n"):
+        while len(line) > width:
+            cut = max(line.rfind(c, 0, width + 1) for c in "/ _")
+            if cut <= 0:
+                lines.append(line[:width])
+                line = line[width:]
+                continue
+            keep = line[cut] != " "  # a break after "/" or "_" keeps it; a space is dropped
+            lines.append(line[:cut + keep])
+            line = line[cut + 1:]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def head_grid(head_maps: torch.Tensor | np.ndarray, signed: bool = False, titles: Sequence[str] | None = None,
