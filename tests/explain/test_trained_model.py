@@ -19,13 +19,7 @@ CLASS_SPECIFIC = ["cdam", "agcam", "gae", "gradcam_vit", "lrp", "tam", "input_x_
 # land on a trait that one of those rows attends to: a property of the trained model, not of the method. Measured
 # trait/body ratio on this fixture: 6.5 with the first TraitShapes geometry, 0.17 with the current one. It is
 # still checked to be class-specific (the maps differ), not to localise the trait.
-TRAIT_CONTRAST = [
-    pytest.param(m, marks=pytest.mark.xfail(
-        strict=False, reason="LRP's sibling contrast is 1.01 on the fixture ViT trained on this machine, at the "
-        "starting commit 1466ee3 as well: the fixture depends on the CPU (bf16 autocast on AMX); open, see the note"))
-    if m == "lrp" else m
-    for m in CLASS_SPECIFIC if m != "gradcam_vit"
-]
+TRAIT_CONTRAST = [m for m in CLASS_SPECIFIC if m != "gradcam_vit"]
 
 
 def _sibling_batch(train, test, n: int = 24):
