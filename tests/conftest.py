@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -22,6 +26,26 @@ def make_tiny_vit(depth: int = 1, dim: int = 8, heads: int = 2, patch: int = 4, 
         nn.init.normal_(model.head.weight, std=0.5)
         nn.init.normal_(model.head.bias, std=0.1)
     return model.to(dtype).eval()
+
+
+def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, scanlines: bytes) -> bytes:
+    """A PNG file written by hand from filtered scanlines (each row: filter byte + packed big-endian samples).
+
+    For files PIL cannot write (16-bit RGB) or would have to hold in memory first (a 10000×10000 1-bit image).
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(scanlines))
+            + chunk(b"IEND", b""))
+
+
+def png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG of uint16 samples: grey [H,W] (colour type 0) or RGB [H,W,3] (colour type 2)."""
+    h, w = samples.shape[:2]
+    rows = samples.astype(">u2").reshape(h, -1)
+    return png_bytes(w, h, 16, 2 if samples.ndim == 3 else 0, b"".join(b"\x00" + row.tobytes() for row in rows))
 
 
 def make_uniform_vit(depth: int = 1, **kwargs) -> VisionTransformer:

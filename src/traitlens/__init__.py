@@ -8,7 +8,15 @@ Example:
 
 from traitlens import models  # registers the interpretable models and the "native" method
 from traitlens._version import __version__
-from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
+from traitlens.backbones import (
+    AttentionProbe,
+    ImageLoadError,
+    load_image,
+    load_images,
+    load_model,
+    normalize,
+    save_model,
+)
 from traitlens.evaluation import evaluate
 from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
 from traitlens.train import FitConfig, fit
@@ -18,6 +26,7 @@ __all__ = [
     "Concept",
     "Explanation",
     "FitConfig",
+    "ImageLoadError",
     "__version__",
     "evaluate",
     "explain",

@@ -11,17 +11,18 @@ import torch.nn as nn
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from traitlens.data.images import decode_image
+from traitlens.data.images import MAX_PIXELS, PixelLimitError, decode_image
 
-__all__ = ["ImageLoadError", "data_config", "load_image", "load_images", "normalize", "unnormalize"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageLoadError", "data_config", "load_image", "load_images", "normalize",
+           "unnormalize"]
 
-#: Refuse images above this many pixels (PIL's decompression-bomb guard raises beyond 2× this).
-MAX_IMAGE_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+#: Default cap on width × height for `load_image`, checked from the header before decoding (PIL's global
+#: `Image.MAX_IMAGE_PIXELS` is left as it is).
+MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageLoadError(ValueError):
-    """An image file is missing, corrupt, or not an image; the message names the file."""
+    """An image file is missing, corrupt, too large, or not an image; the message names the file."""
 
 
 def data_config(model: nn.Module) -> dict:
@@ -55,10 +56,14 @@ def unnormalize(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+def load_image(
+    path: str | Path, size: int | tuple[int, int] | None = None, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> torch.Tensor:
     """Read an image file as float [3,H,W] in [0,1], EXIF orientation applied, squash-resized to `size` (H, W).
 
-    Decoded by `traitlens.data.images.decode_image`, the decoder the datasets and the server use too.
+    Decoded by `traitlens.data.images.decode_image`, the decoder the datasets and the server use too (16-bit
+    files keep their high byte). Images with more than `max_pixels` pixels are refused from the header, before
+    any pixel is decoded; None lifts the cap (PIL's own guard still applies).
 
     Raises:
         ImageLoadError: the file is missing, not an image, truncated, or too large.
@@ -67,7 +72,9 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> t
     if not path.is_file():
         raise ImageLoadError(f"image not found: {path}")
     try:
-        rgb = decode_image(path)
+        rgb = decode_image(path, max_pixels=max_pixels)
+    except PixelLimitError as err:
+        raise ImageLoadError(f"{path}: image too large: {err}") from err
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"{path}: image too large ({err})") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -85,11 +92,15 @@ def pil_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None) -
 
 
 def load_images(
-    paths: Sequence[str | Path], model: nn.Module | None = None, size: int | tuple[int, int] | None = None
+    paths: Sequence[str | Path], model: nn.Module | None = None, size: int | tuple[int, int] | None = None,
+    *, max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
-    """Load several files into one [B,3,H,W] batch in [0,1], resized to `size` or the model's input size."""
+    """Load several files into one [B,3,H,W] batch in [0,1], resized to `size` or the model's input size.
+
+    Each file is read by `load_image` (same `max_pixels` cap); raises `ImageLoadError` naming the bad file.
+    """
     if size is None and model is not None:
         size = tuple(data_config(model)["input_size"][1:])
     if size is None:
         raise ValueError("load_images needs a size or a model to read the input size from")
-    return torch.stack([load_image(p, size) for p in paths])
+    return torch.stack([load_image(p, size, max_pixels=max_pixels) for p in paths])
