@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import png16, png_bytes
 from traitlens.backbones import create_preset, load_model, save_model
-from traitlens.cli import app
+from traitlens.cli import app, main, output_stems
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, export_cub
 from traitlens.explain import list_methods
 from traitlens.train import load_checkpoint
@@ -126,3 +128,110 @@ def test_evaluate_with_least_similar_class_targets(tmp_path, micro_model) -> Non
     bad = runner.invoke(app, ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--target", "lsc",
                               "--lsc", "wordnet", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "wordnet" in (bad.output + str(bad.exception)).lower()
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`traitlens ARGS` through the script's entry point (`main`), in this process: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["traitlens", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return int(stop.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("huge_target", "target 1000000000000000000000000000000 out of range for a model with 3 classes"),
+    ("out_is_a_file", "is a file, not a folder"),
+    ("oversized_image", "image too large: 10000×10000 = 100000000 pixels is more than the limit of 64000000"),
+])
+def test_explain_user_mistakes_are_one_line(tmp_path, micro_model, image_files, monkeypatch, capsys, case,
+                                            message) -> None:
+    img, args = image_files[0], []
+    if case == "huge_target":
+        args = ["--target", "1000000000000000000000000000000"]
+    elif case == "out_is_a_file":
+        (tmp_path / "taken").write_text("mine")
+        args = ["--out", str(tmp_path / "taken")]
+    else:
+        img = tmp_path / "bomb.png"
+        img.write_bytes(png_bytes(10_000, 10_000, 1, 0, bytes(1 + 10_000 // 8) * 10_000))
+    code, err = run_main(monkeypatch, capsys, "explain", str(img), "--model", str(micro_model),
+                         "--out", str(tmp_path / "o"), *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    if case == "out_is_a_file":
+        assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_explain_never_overwrites_an_output(tmp_path, micro_model, monkeypatch, capsys) -> None:
+    """Two inputs named ok.png get ok_… and ok-2_…; a second run refuses to overwrite unless --force."""
+    rng = np.random.default_rng(3)
+    inputs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        inputs.append(tmp_path / folder / "ok.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(inputs[-1])
+    out = tmp_path / "o"
+    args = ["explain", *map(str, inputs), "--model", str(micro_model), "--method", "raw_attention",
+            "--target", "0,0", "--out", str(out)]
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["ok-2_raw_attention_ant.png", "ok_raw_attention_ant.png", "raw_attention.npz"]
+    # Each overlay is its own image's: the inputs differ, so do the overlays.
+    first, second = (np.asarray(Image.open(out / n)) for n in ("ok_raw_attention_ant.png",
+                                                                "ok-2_raw_attention_ant.png"))
+    assert not np.array_equal(first, second)
+    before = {n: (out / n).read_bytes() for n in names}
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and "already exist; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert {n: (out / n).read_bytes() for n in names} == before
+    assert sorted(p.name for p in out.iterdir()) == names  # nothing written, no temp files left
+    code, err = run_main(monkeypatch, capsys, *args, "--force")
+    assert code == 0, err
+
+
+def test_output_stems() -> None:
+    paths = [Path("a/ok.png"), Path("b/ok.png"), Path("ok-2.png"), Path("c/OK.jpg"), Path("x.png")]
+    assert output_stems(paths) == ["ok", "ok-2", "ok-2-2", "OK-3", "x"]
+
+
+def test_sixteen_bit_pixels_match_in_api_cli_and_server(tmp_path, micro_model, monkeypatch, capsys) -> None:
+    """A 16-bit grey and a 16-bit RGB PNG give the same, hand-checked 8-bit pixels on every path."""
+    import traitlens as tl
+    import traitlens.backbones
+    from traitlens.server._images import decode_upload
+
+    g = (np.arange(32 * 32, dtype=np.int64) * 64).reshape(32, 32)
+    g[0, :4] = [255, 256, 32896, 65535]
+    g = g.astype(np.uint16)
+    grey, rgb = tmp_path / "grey16.png", tmp_path / "rgb16.png"
+    Image.fromarray(g).save(grey)  # mode I;16
+    rgb.write_bytes(png16(np.stack([g, 65535 - g, np.full_like(g, 0x1234)], -1)))
+    expected = np.stack([
+        np.stack([g // 256] * 3, -1),
+        np.stack([g // 256, (65535 - g) // 256, np.full_like(g, 0x12)], -1),
+    ]).astype(np.uint8)  # [2,32,32,3]
+    np.testing.assert_array_equal(expected[0, 0, :4, 0], [0, 1, 128, 255])  # by hand: v >> 8
+    np.testing.assert_array_equal(expected[1, 0, :4, 1], [255, 254, 127, 0])  # 65280 → 255, 65279 → 254
+
+    def as_uint8(images01):
+        return (images01.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+    api = as_uint8(tl.load_images([grey, rgb], size=32))
+    seen = []
+    real_load_images = traitlens.backbones.load_images
+
+    def spy(*args, **kwargs):
+        seen.append(real_load_images(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(traitlens.backbones, "load_images", spy)  # the CLI imports it when it runs
+    code, err = run_main(monkeypatch, capsys, "explain", str(grey), str(rgb), "--model", str(micro_model),
+                         "--method", "raw_attention", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    cli = as_uint8(seen[0])
+    server = np.stack([np.asarray(decode_upload(p.read_bytes(), max_bytes=1 << 20, max_pixels=10**6))
+                       for p in (grey, rgb)])
+    for got in (api, cli, server):
+        np.testing.assert_array_equal(got, expected)

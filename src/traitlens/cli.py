@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from PIL import Image
 
 from traitlens.models import list_model_kinds
 from traitlens.quickstart import QuickstartConfig, run_quickstart
@@ -199,6 +201,25 @@ def serve(
                max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout)
 
 
+def _unique(name: str, used: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`, … when one already in `used` (compared case-insensitively) has it; adds it."""
+    candidate, n = name, 1
+    while candidate.casefold() in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate.casefold())
+    return candidate
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """File stems for the overlays of `paths`: inputs sharing a name get -2, -3, … in the order given.
+
+    Two folders' `ok.png` give `ok` and `ok-2`; the comparison ignores case, for case-insensitive file systems.
+    """
+    used: set[str] = set()
+    return [_unique(path.stem, used) for path in paths]
+
+
 @app.command("explain")
 def explain_cmd(
     images: list[Path] = typer.Argument(..., help="Image files."),
@@ -206,12 +227,17 @@ def explain_cmd(
     method: str = typer.Option("cdam", help="A method from `traitlens methods`."),
     target: str = typer.Option("top1", help="top1 | topk:K | class index | class name | "
                                             "comma-separated list, one per image"),
-    out: Path = typer.Option(Path("explanations"), help="Output folder."),
+    out: Path = typer.Option(Path("explanations"), help="Output folder: IMAGE_METHOD_TARGET.png per image and "
+                                                        "target (inputs sharing a file name get IMAGE-2, IMAGE-3, "
+                                                        "… in the order given) and METHOD.npz."),
     target_space: str = typer.Option("logit", help="logit | prob | log_prob"),
     upsample: str = typer.Option("", help="nearest | bilinear (default: the method's)"),
     normalize_maps: str = typer.Option("", "--normalize", help="none | minmax | maxabs (default: the method's)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite outputs already in --out (default: refuse)."),
 ) -> None:
     """Explain image files; writes one PNG overlay per image and target, and the raw maps as .npz.
+
+    Outputs already in --out are never overwritten without --force: the command stops before writing anything.
 
     Example: traitlens explain bird.png --model traitlens-quickstart/run/best --method cdam --target topk:3
     """
@@ -219,18 +245,29 @@ def explain_cmd(
     from traitlens.explain import explain, parse_target_text
     from traitlens.viz import overlay, save_png
 
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    npz = out / f"{method}.npz"
     net = load_model(model)
     images01 = load_images(images, model=net)
     tgt = parse_target_text(target, class_names_of(net))
     exp = explain(net, normalize(net, images01), method=method, target=tgt, target_space=target_space,
                   upsample=upsample or None, normalize=normalize_maps or None)
-    out.mkdir(parents=True, exist_ok=True)
-    for b, path in enumerate(images):
+    used = {npz.name.casefold()}
+    overlays: list[tuple[int, int, Path]] = []
+    for b, stem in enumerate(output_stems(list(images))):
         for k in range(exp.maps.shape[1]):
             name = exp.target_names[b][k] if exp.target_names else str(int(exp.targets[b, k]))
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-            save_png(overlay(images01[b], exp.maps[b, k], signed=exp.signed), out / f"{path.stem}_{method}_{safe}.png")
-    exp.save(out / f"{method}.npz")
+            overlays.append((b, k, out / f"{_unique(f'{stem}_{method}_{safe}', used)}.png"))
+    existing = [path for path in (npz, *(path for _, _, path in overlays)) if path.exists()]
+    if existing and not force:
+        more = f" and {len(existing) - 1} more outputs" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist; pass --force to overwrite, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for b, k, path in overlays:
+        save_png(overlay(images01[b], exp.maps[b, k], signed=exp.signed), path)
+    exp.save(npz)
     if exp.logits is not None:
         names = getattr(net, "class_names", None)
         probs = exp.logits.softmax(-1)
@@ -256,11 +293,13 @@ def methods() -> None:
 def main() -> None:
     """Entry point of the `traitlens` script: logging to stderr, then the Typer app."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel cap refuses those images
     try:
         app()
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        # Known user errors (bad model name, corrupt image, unknown method, ...) get one line, not a traceback.
-        typer.echo(f"error: {err}", err=True)
+    except (ValueError, TypeError, OSError, RuntimeError, OverflowError) as err:
+        # Known user errors (bad model name, corrupt image, unknown method, an existing output, ...) get one line,
+        # not a traceback.
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)
         raise SystemExit(2) from err
 
 

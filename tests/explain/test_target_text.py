@@ -37,3 +37,15 @@ def test_a_class_name_with_a_comma_stays_one_name() -> None:
 def test_bad_target_text(text, message) -> None:
     with pytest.raises(ValueError, match=message):
         parse_target_text(text)
+
+
+@pytest.mark.parametrize("spec", [10**30, -(10**30), [1, 10**30], [[0, 10**30]], "1000000000000000000000000000000"])
+@pytest.mark.parametrize("num_classes", [3, None])
+def test_huge_class_ids_are_a_value_error(spec, num_classes) -> None:
+    """Ids beyond int64 are a ValueError naming the id, not an OverflowError from building the tensor."""
+    from traitlens.explain import TargetSpec
+
+    spec = parse_target_text(spec) if isinstance(spec, str) else spec
+    batch = len(spec) if isinstance(spec, list) else 2
+    with pytest.raises(ValueError, match=r"target -?10000000000"):
+        TargetSpec(spec, batch, num_classes)

@@ -14,6 +14,7 @@ __all__ = ["TargetSpec", "parse_target_text", "score_space", "target_scores"]
 TARGET_SPACES = ("logit", "prob", "log_prob")
 
 _INTEGER = re.compile(r"[+-]?\d+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class TargetSpec:
@@ -80,7 +81,13 @@ class TargetSpec:
         if isinstance(t, bool):
             raise TypeError("a bool is not a class target")
         if isinstance(t, (numbers.Integral, torch.Tensor)):
-            return int(t)
+            i = int(t)
+            # Checked here, before any tensor is built: ids beyond int64 would raise an OverflowError there.
+            if self.num_classes is not None and not 0 <= i < self.num_classes:
+                raise ValueError(f"target {i} out of range for a model with {self.num_classes} classes")
+            if not _INT64_MIN <= i <= _INT64_MAX:
+                raise ValueError(f"target {i} is not a class index (beyond the int64 range)")
+            return i
         if isinstance(t, str):
             if self.class_names is None:
                 raise ValueError(f"target '{t}' is a class name but the model carries no class names")
