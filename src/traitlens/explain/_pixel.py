@@ -166,17 +166,18 @@ def input_gradients(
         else:
             b, s = idx // S, idx % S
             cls = targets[b]  # [M,K]
-        x = points(b, s).detach().requires_grad_()
-        logits = model(x)
-        y = target_scores(logits, cls, target_space)  # [M,1] or [M,K]
-        if per_target or K == 1:
-            (g,) = torch.autograd.grad(y.sum(), x)
-            g = g.unsqueeze(1)  # [M,1,C,H,W]
-        else:
-            eye = torch.eye(K, dtype=y.dtype, device=y.device)
-            one_hots = eye.unsqueeze(1).expand(K, *y.shape)  # [K,M,K]
-            (g,) = torch.autograd.grad(y, x, grad_outputs=one_hots, is_grads_batched=True)
-            g = g.transpose(0, 1)  # [M,K,C,H,W]
+        with torch.enable_grad():  # also under a caller's torch.no_grad(), like every gradient method
+            x = points(b, s).detach().requires_grad_()
+            logits = model(x)
+            y = target_scores(logits, cls, target_space)  # [M,1] or [M,K]
+            if per_target or K == 1:
+                (g,) = torch.autograd.grad(y.sum(), x)
+                g = g.unsqueeze(1)  # [M,1,C,H,W]
+            else:
+                eye = torch.eye(K, dtype=y.dtype, device=y.device)
+                one_hots = eye.unsqueeze(1).expand(K, *y.shape)  # [K,M,K]
+                (g,) = torch.autograd.grad(y, x, grad_outputs=one_hots, is_grads_batched=True)
+                g = g.transpose(0, 1)  # [M,K,C,H,W]
         pts = x.detach().unsqueeze(1)
         contrib = transform(g, pts, s) if transform is not None else g
         if weights is not None:

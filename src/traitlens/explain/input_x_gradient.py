@@ -57,17 +57,18 @@ class InputXGradient(Explainer):
         K = target.num_targets
         if K == 1 or self.multi_target == "vjp":
             # One forward gives the logits (and the top-k targets) and the graph for every target's gradient.
-            x = images.detach().requires_grad_()
-            logits = self.model(x)
-            targets = target.resolve(logits)
-            y = target_scores(logits, targets, target_space)  # [B,K]
-            if K == 1:
-                (g,) = torch.autograd.grad(y.sum(), x)
-                g = g.unsqueeze(1)
-            else:
-                one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
-                (g,) = torch.autograd.grad(y, x, grad_outputs=one_hots, is_grads_batched=True)
-                g = g.transpose(0, 1)
+            with torch.enable_grad():  # also under a caller's torch.no_grad(), like every gradient method
+                x = images.detach().requires_grad_()
+                logits = self.model(x)
+                targets = target.resolve(logits)
+                y = target_scores(logits, targets, target_space)  # [B,K]
+                if K == 1:
+                    (g,) = torch.autograd.grad(y.sum(), x)
+                    g = g.unsqueeze(1)
+                else:
+                    one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
+                    (g,) = torch.autograd.grad(y, x, grad_outputs=one_hots, is_grads_batched=True)
+                    g = g.transpose(0, 1)
             attributions = x.detach().unsqueeze(1) * g
         else:
             # 'expand' with K > 1: the targets (top-k) must be known before the images are replicated.

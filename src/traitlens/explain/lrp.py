@@ -331,14 +331,15 @@ class LRPTransformerAttribution(Explainer):
         gs: Sequence[torch.Tensor]
         if need_grad:
             attns = [probe.attn[b] for b in blocks]
-            if expand or K == 1:
-                y = target_scores(out, targets.reshape(-1, 1), target_space)
-                gs = probe.grad(y.sum(), attns)
-            else:
-                y = target_scores(out, targets, target_space)  # [B,K]
-                one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
-                gs = probe.grad(y, attns, grad_outputs=one_hots, is_grads_batched=True)
-                gs = [g.transpose(0, 1).reshape(-1, *g.shape[2:]) for g in gs]  # [K,B,...] → [B·K,...]
+            with torch.enable_grad():  # the scores join the graph also under a caller's torch.no_grad()
+                if expand or K == 1:
+                    y = target_scores(out, targets.reshape(-1, 1), target_space)
+                    gs = probe.grad(y.sum(), attns)
+                else:
+                    y = target_scores(out, targets, target_space)  # [B,K]
+                    one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
+                    gs = probe.grad(y, attns, grad_outputs=one_hots, is_grads_batched=True)
+                    gs = [g.transpose(0, 1).reshape(-1, *g.shape[2:]) for g in gs]  # [K,B,...] → [B·K,...]
             grads = {b: g.detach() for b, g in zip(blocks, gs, strict=True)}
         return logits.detach(), targets, grads, inputs
 
