@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,69 @@ def test_concept_rejects_other_target_spaces_and_methods(tiny_vit, tiny_images) 
         explain(model, tiny_images(1), method="cdam", target=concept, target_space="prob")
     with pytest.raises(ValueError, match="Concept"):
         explain(model, tiny_images(1), method="raw_attention", target=concept)
+
+
+class _Planted:
+    """Pickles to a call of os.mkdir: unpickling it would run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def _write_cases(tmp_path: Path) -> dict[str, Path]:
+    import pickle
+
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "code_ran"
+    cases = {
+        "garbage.pt": b"not a torch file at all",
+        "empty.pt": b"",
+        "garbage.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}",
+    }
+    paths = {}
+    for name, data in cases.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    paths["planted_zip.pt"] = tmp_path / "planted_zip.pt"
+    torch.save({"vector": _Planted(marker), "meta": {}}, paths["planted_zip.pt"])
+    paths["planted_legacy.pt"] = tmp_path / "planted_legacy.pt"
+    paths["planted_legacy.pt"].write_bytes(pickle.dumps(_Planted(marker), protocol=2))
+    good = tmp_path / "good.pt"
+    Concept("a", torch.ones(3)).save(good)
+    paths["truncated.pt"] = tmp_path / "truncated.pt"
+    paths["truncated.pt"].write_bytes(good.read_bytes()[:200])
+    # Plain containers that weights_only accepts but that are no concept.
+    for name, blob in {"list_vector.pt": {"vector": [1.0, 2.0], "meta": {"format": "traitlens.concept"}},
+                       "meta_not_dict.pt": {"vector": torch.ones(3), "meta": "x"},
+                       "int_vector.pt": {"vector": torch.ones(3, dtype=torch.long),
+                                         "meta": {"format": "traitlens.concept", "name": "a"}},
+                       "no_name.pt": {"vector": torch.ones(3), "meta": {"format": "traitlens.concept"}},
+                       "a_tensor.pt": torch.ones(3)}.items():
+        paths[name] = tmp_path / name
+        torch.save(blob, paths[name])
+    save_file({"vector": torch.ones(3)}, str(tmp_path / "bad_meta.safetensors"),
+              metadata={"traitlens_concept": "{not json"})
+    paths["bad_meta.safetensors"] = tmp_path / "bad_meta.safetensors"
+    return paths
+
+
+def test_load_refuses_corrupt_and_foreign_files_in_one_line_without_running_code(tmp_path) -> None:
+    """Corrupt files, pickles of other objects and wrong contents are one ConceptLoadError naming the file."""
+    from traitlens.explain import ConceptLoadError
+
+    paths = _write_cases(tmp_path)
+    for name, path in paths.items():
+        with pytest.raises(ConceptLoadError) as info:
+            Concept.load(path)
+        message = str(info.value)
+        assert isinstance(info.value, ValueError)
+        assert str(path) in message and "not a traitlens concept file" in message, name
+        assert "written by Concept.save" in message and "\n" not in message, (name, message)
+    assert not (tmp_path / "code_ran").exists()
+    assert Concept.load(tmp_path / "good.pt").name == "a"  # the good file next to them still loads

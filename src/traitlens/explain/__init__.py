@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 from traitlens.explain._base import Explainer
-from traitlens.explain._concept import Concept
+from traitlens.explain._concept import Concept, ConceptLoadError
 from traitlens.explain._explanation import Attribution, Explanation
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
@@ -24,6 +24,7 @@ __all__ = [
     "Attribution",
     "ChunkMaps",
     "Concept",
+    "ConceptLoadError",
     "Explainer",
     "Explanation",
     "GradientChunk",

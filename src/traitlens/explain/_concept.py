@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from traitlens._io import atomic_write
 from traitlens.backbones.preprocess import data_config, load_images, normalize
 from traitlens.backbones.protocols import TimmClassifier
 
-__all__ = ["SIMILARITIES", "Concept", "backbone_id", "preprocessing_hash"]
+__all__ = ["SIMILARITIES", "Concept", "ConceptLoadError", "backbone_id", "preprocessing_hash"]
 
 SIMILARITIES = ("dot", "cosine")
 _FORMAT = "traitlens.concept"
@@ -188,28 +189,69 @@ class Concept:
 
     @classmethod
     def load(cls, path: str | Path) -> Concept:
-        """Read a concept written by `save`."""
+        """Read a concept written by `save`; nothing in the file is executed (no unpickling of objects).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ConceptLoadError: not a concept file (corrupt, foreign, a pickle of other objects, bad metadata).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"concept file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                raw = (fh.metadata() or {}).get("traitlens_concept")
-                if raw is None or "vector" not in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                    raise ValueError(f"{path} is not a traitlens concept file")
-                vector = fh.get_tensor("vector")
-            meta = json.loads(raw)
-        elif path.suffix in (".pt", ".pth"):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(blob, dict) or "vector" not in blob or "meta" not in blob:
-                raise ValueError(f"{path} is not a traitlens concept file")
-            vector, meta = blob["vector"], blob["meta"]
-        else:
+        if path.suffix not in (".safetensors", ".pt", ".pth"):
             raise ValueError(f"unsupported suffix '{path.suffix}' for {path}; use .safetensors or .pt")
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a traitlens concept file (format {meta.get('format')!r})")
-        return cls(name=meta["name"], vector=vector, backbone=meta.get("backbone"),
-                   preprocessing=meta.get("preprocessing"), n_images=int(meta.get("n_images", 0)),
-                   similarity=meta.get("similarity", "dot"))
+        try:
+            vector, meta = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pt(path)
+        except ConceptLoadError:
+            raise
+        except Exception as err:  # torch / safetensors / JSON say "corrupt" in many ways; all mean the same here
+            raise ConceptLoadError(path, _first_line(err)) from err
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ConceptLoadError(path, f"metadata format {found!r}, not {_FORMAT!r}")
+        if not isinstance(vector, torch.Tensor):
+            raise ConceptLoadError(path, f"'vector' is a {type(vector).__name__}, not a tensor")
+        try:
+            return cls(name=str(meta["name"]), vector=vector, backbone=meta.get("backbone"),
+                       preprocessing=meta.get("preprocessing"), n_images=int(meta.get("n_images", 0)),
+                       similarity=meta.get("similarity", "dot"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConceptLoadError(path, _first_line(err)) from err
+
+
+class ConceptLoadError(ValueError):
+    """A file given to `Concept.load` is not a concept `Concept.save` wrote; one line naming the file and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a traitlens concept file ({reason}); expected a .safetensors or .pt file "
+                         "written by Concept.save: a 1-D float 'vector' tensor and its metadata")
+        self.path = path
+
+
+def _first_line(err: BaseException) -> str:
+    """The gist of a reader's error: its type and first sentence (torch's advice to unpickle is left out)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "not a torch file of tensors: corrupt, or it pickles other objects, which are never loaded"
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return "truncated or empty" if isinstance(err, EOFError) else type(err).__name__
+    return f"{type(err).__name__}: {lines[0].split('. ')[0][:160]}"
+
+
+def _read_safetensors(path: Path) -> tuple[Any, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        raw = (fh.metadata() or {}).get("traitlens_concept")
+        if raw is None or "vector" not in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            raise ConceptLoadError(path, "no 'vector' tensor or no concept metadata")
+        vector = fh.get_tensor("vector")
+    return vector, json.loads(raw)
+
+
+def _read_pt(path: Path) -> tuple[Any, Any]:
+    # weights_only: tensors and plain containers only; any other pickled object is refused, never built.
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "vector" not in blob or "meta" not in blob:
+        raise ConceptLoadError(path, f"a {type(blob).__name__} without 'vector' and 'meta'")
+    return blob["vector"], blob["meta"]
