@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,45 @@ from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
 
-__all__ = ["AttentionRollout"]
+__all__ = ["PRESETS", "RENORMS", "AttentionRollout", "rollout_step"]
+
+RENORMS = ("rows", "jacobgil")
+
+#: Named option sets. "default": the spec's (posthoc.md §6). "jacobgil": the defaults of jacobgil/vit-explain's
+#: `vit_explain.py` (head fusion max, discard ratio 0.9) with its renormalisation; its `VITAttentionRollout` class
+#: defaults to head fusion mean, so pass `head_fusion="mean"` with the preset for that.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"head_fusion": "mean", "discard_ratio": 0.0, "renorm": "rows"},
+    "jacobgil": {"head_fusion": "max", "discard_ratio": 0.9, "renorm": "jacobgil"},
+}
+
+
+def rollout_step(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                 renorm: str = "rows") -> torch.Tensor:
+    """Â_b [B,N,N] from one block's attention A_b [B,H,N,N] (posthoc.md §6).
+
+    Ā = fuse_h(A); the ⌊r·N²⌋ smallest entries of Ā are zeroed per image, never (q0,q0); a = ½(Ā + I); then
+    'rows': Â[i,j] = a[i,j] / Σ_k a[i,k] (each row sums to 1), or 'jacobgil': Â[i,j] = a[i,j] / Σ_k a[j,k], what
+    the reference's `a / a.sum(dim=-1)` computes on its [1,N,N] matrix (the [1,N] row sums broadcast along the
+    last axis, so column j is divided by the sum of row j). Both are a no-op when no entry is discarded.
+    """
+    fused = fuse(attn, head_fusion, dim=1)  # [B,N,N]
+    B, N, _ = fused.shape
+    if discard_ratio > 0:
+        flat = fused.reshape(B, -1).clone()
+        n_drop = int(discard_ratio * N * N)
+        keep_cls = flat[:, 0].clone()
+        idx = flat.topk(n_drop, dim=-1, largest=False).indices
+        flat.scatter_(1, idx, 0.0)
+        flat[:, 0] = keep_cls
+        fused = flat.view(B, N, N)
+    eye = torch.eye(N, dtype=fused.dtype, device=fused.device)
+    a = (fused + eye) / 2
+    if renorm == "rows":
+        return a / a.sum(-1, keepdim=True)
+    if renorm == "jacobgil":
+        return a / a.sum(-1).unsqueeze(-2)  # [B,1,N]: entry (i, j) over the sum of row j
+    raise ValueError(f"unknown renorm '{renorm}'; choose from {RENORMS}")
 
 
 @register_method(
@@ -24,45 +62,46 @@ __all__ = ["AttentionRollout"]
     summary="Attention rollout: product of ½(Ā+I) over blocks, CLS row",
 )
 class AttentionRollout(Explainer):
-    """R = Â_L ⋯ Â_{s+1}, Â_b = rownorm(½(fuse_h(A_b) + I)); map = R[q0, n_p:].
+    """R = Â_L ⋯ Â_{s+1}, Â_b = `rollout_step`(A_b); map = R[q0, n_p:] (posthoc.md §6).
+
+    Options left as None take the preset's value; options given explicitly win over the preset.
 
     Args:
         model: a timm ViT.
         head_fusion: "mean" (default) | "max" | "min".
         discard_ratio: zero the ⌊r·N²⌋ smallest entries of Ā_b per image (never (q0,q0)); default 0.
         start_layer: s, blocks before it are skipped (Chefer's evaluation scripts use 1).
-        renorm: "rows" (default) or "jacobgil" (divide by the broadcast [1,N] column sums, reference quirk).
+        renorm: "rows" (default) or "jacobgil" (entry (i, j) divided by the sum of row j, the reference's
+            broadcast; see `rollout_step`).
         query: "cls" (default) or "mean_patches".
+        preset: None / "default" (mean, 0.0, "rows") or "jacobgil" (max, 0.9, "jacobgil": jacobgil/vit-explain's
+            `vit_explain.py`, which scales the map by its max: pass `normalize="maxabs"` to `explain` for that).
+
+    Example:
+        >>> exp = explain(model, x, method="rollout", preset="jacobgil")  # doctest: +SKIP
     """
 
     _rollout: torch.Tensor | None
 
-    def __init__(self, model: nn.Module, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                 start_layer: int = 0, renorm: str = "rows", query: str = "cls") -> None:
+    def __init__(self, model: nn.Module, head_fusion: str | None = None, discard_ratio: float | None = None,
+                 start_layer: int = 0, renorm: str | None = None, query: str = "cls",
+                 preset: str | None = None) -> None:
         super().__init__(model)
+        if (preset or "default") not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}'; choose from {tuple(PRESETS)}")
+        defaults = PRESETS[preset or "default"]
+        head_fusion = defaults["head_fusion"] if head_fusion is None else head_fusion
+        discard_ratio = defaults["discard_ratio"] if discard_ratio is None else discard_ratio
+        renorm = defaults["renorm"] if renorm is None else renorm
         if not 0.0 <= discard_ratio < 1.0:
             raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
-        if renorm not in ("rows", "jacobgil"):
-            raise ValueError(f"unknown renorm '{renorm}'; choose 'rows' or 'jacobgil'")
-        self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
+        if renorm not in RENORMS:
+            raise ValueError(f"unknown renorm '{renorm}'; choose from {RENORMS}")
+        self.head_fusion, self.discard_ratio, self.preset = head_fusion, float(discard_ratio), preset or "default"
         self.start_layer, self.renorm, self.query = start_layer, renorm, query
 
     def _step(self, attn: torch.Tensor) -> torch.Tensor:
-        fused = fuse(attn, self.head_fusion, dim=1)  # [B,N,N]
-        B, N, _ = fused.shape
-        if self.discard_ratio > 0:
-            flat = fused.reshape(B, -1).clone()
-            n_drop = int(self.discard_ratio * N * N)
-            keep_cls = flat[:, 0].clone()
-            idx = flat.topk(n_drop, dim=-1, largest=False).indices
-            flat.scatter_(1, idx, 0.0)
-            flat[:, 0] = keep_cls
-            fused = flat.view(B, N, N)
-        eye = torch.eye(N, dtype=fused.dtype, device=fused.device)
-        a = (fused + eye) / 2
-        if self.renorm == "rows":
-            return a / a.sum(-1, keepdim=True)
-        return a / a.sum(-2, keepdim=True)  # jacobgil: a [1,N] sum broadcast over rows
+        return rollout_step(attn, self.head_fusion, self.discard_ratio, self.renorm)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         layout = self.layout(images)
