@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from tests.conftest import png16, png_bytes
@@ -171,3 +172,16 @@ def test_pil_pixel_limit_is_left_alone(tmp_path: Path) -> None:
     before, after_import, after_call, message = json.loads(proc.stdout.strip().splitlines()[-1])
     assert before == after_import == after_call
     assert "more than the limit of 64000000 pixels" in message
+
+
+def test_in_memory_sixteen_bit_images_elsewhere() -> None:
+    """`ToTensor` and a PIL image given to an interpretable model's `predict` follow the decoder's 16-bit rule."""
+    from traitlens.data.transforms import ToTensor
+    from traitlens.models.base import _to_image_tensor
+
+    g = grey_gradient()
+    expected = torch.from_numpy((g // 256).astype(np.float32) / 255.0)
+    for tensor in (ToTensor()({"image": Image.fromarray(g)})["image"], _to_image_tensor(Image.fromarray(g))):
+        assert tensor.shape == (3, 32, 32)
+        for c in range(3):
+            torch.testing.assert_close(tensor[c], expected, rtol=0, atol=1e-7)

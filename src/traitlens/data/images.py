@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["EXIF_ORIENTATION", "MAX_PIXELS", "WIDE_GREY_MODES", "ImageSource", "PixelLimitError", "decode_image"]
+__all__ = ["EXIF_ORIENTATION", "MAX_PIXELS", "WIDE_GREY_MODES", "ImageSource", "PixelLimitError", "decode_image",
+           "to_rgb"]
 
 #: The EXIF tag saying how the stored pixels must be turned to be seen upright (1 = as stored).
 EXIF_ORIENTATION = 0x0112
@@ -40,7 +41,7 @@ class PixelLimitError(ValueError):
         self.limit = limit
 
 
-def _rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB; 16-bit grey samples keep their high byte (v >> 8), as PIL itself reads 16-bit RGB files.
 
     PIL's own `convert("RGB")` clips wide greys to 255 (a 16-bit PNG turns white). Mode "I" is read as 16-bit
@@ -57,7 +58,7 @@ def _upright_rgb(img: Image.Image) -> Image.Image:
     img.load()  # a PNG's eXIf chunk may follow the pixel data: read everything before asking for the orientation
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
-    return _rgb(img)
+    return to_rgb(img)
 
 
 def _check_size(img: Image.Image, max_pixels: int | None) -> None:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from traitlens.data.images import to_rgb
+
 __all__ = [
     "MASK_KEYS",
     "CenterCrop",
@@ -102,7 +104,7 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+        image = np.asarray(to_rgb(image) if image.mode not in ("L", "RGB") else image)  # 16-bit greys: high byte
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]

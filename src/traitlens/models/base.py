@@ -29,11 +29,12 @@ def _to_image_tensor(image: Any) -> torch.Tensor:
     from PIL import Image
 
     from traitlens.backbones.preprocess import load_image, pil_to_tensor
+    from traitlens.data.images import decode_image
 
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return pil_to_tensor(image.convert("RGB"))
+        return pil_to_tensor(decode_image(image))  # the one decoder: EXIF orientation, 16-bit greys
     if isinstance(image, torch.Tensor):
         t = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
         if t.dim() != 3:
