@@ -228,7 +228,11 @@ def _same_model_section(report: HtmlReport, cfg: QuickstartConfig, nets: Mapping
         report.table(header, body)
         if table.skipped:
             report.paragraph("; ".join(f"{m}: {why}" for m, why in table.skipped.items()), note=True)
-        atomic_write(out / f"same_model_{kind}.json", lambda p, t=table: p.write_text(json.dumps(t.to_dict())))
+        _write_text(out / f"same_model_{kind}.json", json.dumps(table.to_dict()))
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_dir: Path, train, val, test,
@@ -265,7 +269,8 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
     report.table(["model", f"test accuracy ({len(test_subset)} images)", "epochs", "train time", "converged"],
                  [[kind, acc, epochs, f"{sec:.0f} s", "yes" if acc >= cfg.converged_accuracy else "NO"]
                   for kind, (acc, epochs, sec) in results.items()])
-    report.paragraph(f"Each trained on {len(subset)} images with its 'quick' recipe: Prompt-CAM (shallow: class prompts from the first block) keeps the ViT frozen, INTR "
+    report.paragraph(f"Each trained on {len(subset)} images with its 'quick' recipe: Prompt-CAM (shallow: class "
+                     "prompts from the first block) keeps the ViT frozen, INTR "
                      "fine-tunes it at a lower learning rate and SCOUTER its last blocks. SCOUTER runs without the "
                      "slot-attention renormalisation: in so short a run the renormalised sigmoid saturates.",
                      note=True)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -310,7 +310,8 @@ def leaderboard(
                    max_images=n_images, target="label", method_options=method_options, metric_options=opts,
                    explainers=explainers, n_boot=n_boot, progress=progress, plots=out is not None)
     accuracies = dict(accuracies or {})
-    scored = Subset(dataset, list(range(min(len(dataset), n_images or len(dataset)))))
+    n_data = len(cast(Sized, dataset))
+    scored = Subset(dataset, list(range(min(n_data, n_images or n_data))))
     rows = [{**r, "model": model_name, "model_acc": _accuracy(accuracies, model_name, model, scored)}
             for r in _rows(res, [*names, *peer_names], cols)]
     for label, net in (native_models or {}).items():
