@@ -44,6 +44,18 @@ def test_discard_keeps_the_cls_entry_and_the_renorms_agree_without_it() -> None:
     torch.testing.assert_close(rollout_step(attn, renorm="jacobgil"), rollout_step(attn, renorm="rows"))
 
 
+def test_max_fusion_makes_the_renorms_differ_even_without_a_discard() -> None:
+    """Max over heads breaks the row sums, so the jacobgil preset's renorm matters at r = 0 too."""
+    attn = torch.tensor([[[0.9, 0.1], [0.5, 0.5]], [[0.2, 0.8], [0.6, 0.4]]], dtype=torch.float64).view(1, 2, 2, 2)
+    # max fusion [[.9, .8], [.6, .5]]; a = ½(Ā + I) = [[.95, .4], [.3, .75]], row sums 1.35 and 1.05.
+    rows = torch.tensor([[0.95 / 1.35, 0.4 / 1.35], [0.3 / 1.05, 0.75 / 1.05]], dtype=torch.float64)
+    jacobgil = torch.tensor([[0.95 / 1.35, 0.4 / 1.05], [0.3 / 1.35, 0.75 / 1.05]], dtype=torch.float64)
+    torch.testing.assert_close(rollout_step(attn, "max", renorm="rows")[0], rows, rtol=0, atol=1e-15)
+    torch.testing.assert_close(rollout_step(attn, "max", renorm="jacobgil")[0], jacobgil, rtol=0, atol=1e-15)
+    a = (attn.max(dim=1).values + torch.eye(2, dtype=torch.float64)) / 2
+    torch.testing.assert_close(rollout_step(attn, "max", renorm="jacobgil"), a / a.sum(dim=-1), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("depth", "expected"), [(1, lambda n: 1 / (2 * n)), (2, lambda n: 3 / (4 * n))])
 @pytest.mark.parametrize("renorm", ["rows", "jacobgil"])
 def test_uniform_attention_oracle(uniform_vit, tiny_images, depth, expected, renorm) -> None:

@@ -35,7 +35,8 @@ def rollout_step(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: f
     Ā = fuse_h(A); the ⌊r·N²⌋ smallest entries of Ā are zeroed per image, never (q0,q0); a = ½(Ā + I); then
     'rows': Â[i,j] = a[i,j] / Σ_k a[i,k] (each row sums to 1), or 'jacobgil': Â[i,j] = a[i,j] / Σ_k a[j,k], what
     the reference's `a / a.sum(dim=-1)` computes on its [1,N,N] matrix (the [1,N] row sums broadcast along the
-    last axis, so column j is divided by the sum of row j). Both are a no-op when no entry is discarded.
+    last axis, so column j is divided by the sum of row j). With mean fusion and no discard the rows of a
+    already sum to 1 and both are a no-op; with a discard, or max/min fusion, they are not.
     """
     fused = fuse(attn, head_fusion, dim=1)  # [B,N,N]
     B, N, _ = fused.shape
