@@ -49,3 +49,18 @@ def test_tiny_vit_beats_colour_histograms(trained_traitshapes) -> None:
     vit = evaluate_accuracy(model, test)
     histogram = colour_histogram_baseline(train, test)
     assert vit > histogram + 0.15, (vit, histogram)
+
+
+def test_the_same_command_gives_the_same_models(tmp_path) -> None:
+    def run(name: str):
+        return run_quickstart(QuickstartConfig(out=tmp_path / name, n_train=256, n_val=64, n_test=64, epochs=1,
+                                               n_explain=1, interpretable=("scouter",), interpretable_train=64,
+                                               interpretable_epochs=1, leaderboard_images=0, same_model_images=0,
+                                               num_workers=0, progress=False))
+
+    first, second = run("a"), run("b")
+    assert first.test_accuracy == second.test_accuracy
+    assert first.interpretable_accuracy == second.interpretable_accuracy
+    a, b = load_model(first.model_dir), load_model(second.model_dir)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)

@@ -120,6 +120,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     test = materialize(TraitShapes(ts, "test", cfg.n_test), cfg.num_workers, cfg.progress)
     phases.done("generate data")
 
+    torch.manual_seed(cfg.seed)  # the initial weights too: the same command gives the same models
     model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
     # One one-thread process per core: faster than two intra-op threads, and robust to a busy machine
     # (docs/history.md, "CPU threading").
@@ -248,8 +249,11 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
 
     subset = train.head(cfg.interpretable_train)
     test_subset = test.head(cfg.interpretable_test)
-    nets = {kind: build_interpretable(kind, backbone_dir, cfg.num_classes, class_names=subset.classes,
-                                      **QUICK_MODEL_OPTIONS.get(kind, {})) for kind in cfg.interpretable}
+    nets = {}
+    for kind in cfg.interpretable:
+        torch.manual_seed(cfg.seed)
+        nets[kind] = build_interpretable(kind, backbone_dir, cfg.num_classes, class_names=subset.classes,
+                                         **QUICK_MODEL_OPTIONS.get(kind, {}))
     # On a CPU each model trains on one thread and the models train side by side, one per core: these small models
     # train far slower on two intra-op threads than on one (docs/history.md, "CPU threading").
     on_cpu = not torch.cuda.is_available()
