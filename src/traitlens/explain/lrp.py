@@ -183,7 +183,7 @@ def _relprop_block(
     R_ctx = relprop_linear(acts.ctx, attn.proj.weight, R_proj, stabilizer)
     R_ctx = R_ctx.reshape(B, N, attn.num_heads, -1).transpose(1, 2)  # [B,H,N,d]
     R_A, R_v = relprop_matmul(acts.attn, acts.v, R_ctx, stabilizer)
-    R_A, R_v = R_A / 2, R_v / 2
+    R_A, R_v = R_A.mul_(0.5), R_v / 2  # in place: R_A is [B,H,N,N]; halving is exact either way
     if stop_at_attention:
         return None, R_A
     # A = softmax(q kᵀ·scale): the scale cancels in the z-rule, as in the reference's unscaled einsum.
