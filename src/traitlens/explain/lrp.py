@@ -58,7 +58,9 @@ def safe_divide(a: torch.Tensor, b: torch.Tensor, stabilizer: str = "clamp") -> 
     else:
         den = b + EPS
         den.masked_fill_(den == 0, EPS)
-    return (a / den).masked_fill_(b == 0, 0.0)
+    out = torch.div(a, den, out=den) if den.shape == torch.broadcast_shapes(a.shape, b.shape) and \
+        den.dtype == torch.result_type(a, b) else a / den  # reuse the buffer
+    return out.masked_fill_(b == 0, 0.0)
 
 
 def relprop_linear(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
@@ -353,7 +355,7 @@ class LRPTransformerAttribution(GradientExplainer):
             return ChunkMaps(heads.mean(2), targets, logits.detach(), heads)
         r = _query_vector(layout, self.query, classes.numel(), grads[first])
         for b, R_A in steps:
-            a_bar = (grads.pop(b) * R_A).clamp_(min=0).mean(1)  # [M,N,N]
+            a_bar = grads.pop(b).mul_(R_A).clamp_(min=0).mean(1)  # [M,N,N]; G_b is not needed after
             del R_A
             r = r + (r.unsqueeze(-2) @ a_bar).squeeze(-2)
         row = r[:, layout.num_prefix_tokens:]
