@@ -324,7 +324,7 @@ class LRPTransformerAttribution(GradientExplainer):
         for b in range(first, len(vit.blocks)):
             acts[b] = _block_forward(vit.blocks[b], h)
             h = acts[b].out
-        return self.model.forward_head(vit.norm(h)), acts
+        return cast(VisionTransformer, self.model).forward_head(vit.norm(h)), acts
 
     def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
         L, K = layout.num_blocks, chunk.num_targets
