@@ -28,11 +28,41 @@ def test_no_cpuinfo_means_no_bf16(tmp_path) -> None:
 
 
 def test_autocast_dtype_per_device(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda device: True)  # Ampere and later
+    assert precision.autocast_dtype(torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(precision, "cuda_has_bf16", lambda device: False)  # older GPUs: fp16 + GradScaler
     assert precision.autocast_dtype(torch.device("cuda")) is torch.float16
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert precision.autocast_dtype(torch.device("cpu")) is torch.bfloat16
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert precision.autocast_dtype(torch.device("cpu")) is None
+
+
+def test_cuda_bf16_reads_the_compute_capability(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.cuda_has_bf16(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index, c=capability: c)
+        assert precision.cuda_has_bf16(torch.device("cuda", 0)) is expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs a CUDA runtime")
+def test_pinned_batches_hold_the_same_values() -> None:
+    from traitlens.train import iterate_batches
+
+    class Mem:
+        images = torch.randint(0, 255, (5, 3, 4, 4), dtype=torch.uint8)
+        labels = torch.arange(5)
+        transform = None
+
+        def __len__(self) -> int:
+            return 5
+
+    plain = list(iterate_batches(Mem(), 2))
+    pinned = list(iterate_batches(Mem(), 2, pin_memory=True))
+    for (a, la), (b, lb) in zip(plain, pinned, strict=True):
+        assert b.is_pinned() and torch.equal(a, b) and torch.equal(la, lb)
 
 
 def test_unfused_attention_restores_each_block_also_after_an_error() -> None:

@@ -23,7 +23,9 @@ from traitlens.explain._gradients import (
     _chunk_scores,
     _chunks,
     _per_target,
+    _rows_per_pass,
     _target_grads,
+    attention_bytes,
 )
 from traitlens.explain._targets import TargetSpec
 
@@ -104,7 +106,8 @@ class GradientExplainer(Explainer):
     Args:
         model: the model.
         multi_target: "vjp" (one forward, K batched VJPs) | "expand" (replicate the rows per target).
-        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass.
+        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass;
+            'auto' = as many rows as `_row_bytes` says fit in `AUTO_BUDGET_BYTES` (2 GiB), at least one.
         query: "cls" | "mean_patches"; None for methods without a query row (then no `query` attribute is set).
 
     Example:
@@ -120,10 +123,10 @@ class GradientExplainer(Explainer):
     """
 
     multi_target: str
-    internal_batch_size: int | None
+    internal_batch_size: int | str | None
     query: str
 
-    def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | None = 16,
+    def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | str | None = 16,
                  query: str | None = "cls") -> None:
         super().__init__(model)
         _check_options(multi_target, internal_batch_size, query)
@@ -137,7 +140,8 @@ class GradientExplainer(Explainer):
         if self._needs_cls() and not layout.has_cls:
             raise ValueError("the model has no CLS token; pass query='mean_patches'")
         rows, forward = self._split(images)
-        out = self._run_chunks(rows, forward, target, target_space, lambda chunk: self._chunk(chunk, layout))
+        out = self._run_chunks(rows, forward, target, target_space, lambda chunk: self._chunk(chunk, layout),
+                               row_bytes=self._row_bytes(layout, target.num_targets))
         B, K, grid = images.shape[0], target.num_targets, layout.grid
         heads = None if out.heads is None else out.heads.reshape(B, K, -1, *grid)
         return Attribution(out.maps.reshape(B, K, *grid), out.targets, out.logits, heads, extras=self._extras())
@@ -158,13 +162,26 @@ class GradientExplainer(Explainer):
         """Method-specific `Attribution.extras`."""
         return {}
 
+    def _row_bytes(self, layout: ViTLayout, num_targets: int) -> int:
+        """Estimated peak working memory of one row of a pass (what 'auto' divides the budget by).
+
+        Default: the attention tensors and their gradients of every block, plus the autograd graph's own copies,
+        ~4·L attention-sized tensors; with 'vjp' an image row carries the gradients of all K targets.
+        """
+        per_target = 1 if self.multi_target == "expand" else num_targets
+        return (2 + 2 * per_target) * layout.num_blocks * attention_bytes(layout)
+
     def _run_chunks(self, rows: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], target: TargetSpec,
-                    space: str, compute: Callable[[GradientChunk], ChunkMaps]) -> ChunkMaps:
-        """`compute` on every chunk of `rows` ([B, ...], one row per image), concatenated over the batch."""
+                    space: str, compute: Callable[[GradientChunk], ChunkMaps], row_bytes: int = 0) -> ChunkMaps:
+        """`compute` on every chunk of `rows` ([B, ...], one row per image), concatenated over the batch.
+
+        `row_bytes` is the estimated memory of one row, for `internal_batch_size='auto'`.
+        """
         B, K = rows.shape[0], target.num_targets
         expand = self.multi_target == "expand" and K > 1
+        size = _rows_per_pass(self.internal_batch_size, row_bytes)
         parts = [compute(GradientChunk(rows[start:stop], forward, target, start, stop, K, expand, space))
-                 for start, stop in _chunks(B, K, expand, self.internal_batch_size)]
+                 for start, stop in _chunks(B, K, expand, size)]
         maps = torch.cat([p.maps for p in parts])
         heads = None if parts[0].heads is None else torch.cat([p.heads for p in parts if p.heads is not None])
         return ChunkMaps(maps, torch.cat([p.targets for p in parts]), torch.cat([p.logits for p in parts]).detach(),

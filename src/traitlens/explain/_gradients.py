@@ -7,11 +7,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.explain._targets import TargetSpec, target_scores
 
 MULTI_TARGETS = ("expand", "vjp")
 QUERIES = ("cls", "mean_patches")
+#: `internal_batch_size="auto"`: as many rows per pass as fit in this many bytes of estimated working memory
+#: (at least one row). 2 GiB keeps a batch of 518 px ViT-B images within a few GiB (docs/performance.md).
+AUTO_BUDGET_BYTES = 2 * 2**30
 
 
 def _check_state(model: nn.Module) -> None:
@@ -32,13 +36,33 @@ def _check_state(model: nn.Module) -> None:
         )
 
 
-def _check_options(multi_target: str, internal_batch_size: int | None, query: str | None = None) -> None:
+def _check_options(multi_target: str, internal_batch_size: int | str | None, query: str | None = None) -> None:
     if multi_target not in MULTI_TARGETS:
         raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGETS}")
-    if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    _check_batch_size(internal_batch_size)
     if query is not None and query not in QUERIES:
         raise ValueError(f"unknown query '{query}'; choose from {QUERIES}")
+
+
+def _check_batch_size(internal_batch_size: int | str | None) -> None:
+    """A positive int, None (one pass) or 'auto' (rows from `AUTO_BUDGET_BYTES`)."""
+    if internal_batch_size == "auto":
+        return
+    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
+                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
+        raise ValueError(f"internal_batch_size must be a positive int, None or 'auto', got {internal_batch_size!r}")
+
+
+def attention_bytes(layout: ViTLayout, itemsize: int = 4) -> int:
+    """Bytes of one attention-sized tensor [H,N,N] of one image, the unit of the per-row memory estimates."""
+    return layout.num_heads * layout.num_tokens**2 * itemsize
+
+
+def _rows_per_pass(internal_batch_size: int | str | None, row_bytes: int) -> int | None:
+    """The int rows per pass that `internal_batch_size` stands for ('auto': fit `AUTO_BUDGET_BYTES`)."""
+    if internal_batch_size == "auto":
+        return max(1, AUTO_BUDGET_BYTES // max(row_bytes, 1))
+    return internal_batch_size if isinstance(internal_batch_size, int) else None
 
 
 def _chunks(n_images: int, num_targets: int, expand: bool, internal_batch_size: int | None) -> list[tuple[int, int]]:

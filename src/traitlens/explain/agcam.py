@@ -44,7 +44,8 @@ class AGCAM(GradientExplainer):
         grad_act: "relu" (reference) | "abs" | "none" (the latter two are ablations and may give signed maps).
         detach_attention_input: detach every attention input (reference: True).
         multi_target: "vjp" (default; one forward, K batched VJPs) | "expand" (replicate the images per target).
-        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass.
+        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass;
+            "auto" (default) fits a pass in 2 GiB of estimated memory. The maps do not depend on it.
         query: "cls" (default) | "mean_patches" (average the products over the patch rows instead of row q0).
 
     `head_maps` hold the per-head maps fused over layers.
@@ -55,7 +56,8 @@ class AGCAM(GradientExplainer):
 
     def __init__(self, model: nn.Module, head_fusion: str = "sum", layer_fusion: str = "sum",
                  score_act: str = "sigmoid", grad_act: str = "relu", detach_attention_input: bool = True,
-                 multi_target: str = "vjp", internal_batch_size: int | None = 16, query: str = "cls") -> None:
+                 multi_target: str = "vjp", internal_batch_size: int | str | None = "auto",
+                 query: str = "cls") -> None:
         for name, value, allowed in (("head_fusion", head_fusion, FUSIONS), ("layer_fusion", layer_fusion, FUSIONS),
                                      ("score_act", score_act, SCORE_ACTS), ("grad_act", grad_act, GRAD_ACTS)):
             if value not in allowed:

@@ -49,15 +49,16 @@ class GAE(GradientExplainer):
     Args:
         model: a timm-style ViT whose attention probabilities pass through `attn_drop`.
         multi_target: "vjp" (default; one forward, K batched VJPs over the stored A) | "expand" (replicate images).
-        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass.
-            Memory is ~2·L·H·N² floats per row (~45 MB at ViT-B/16, 224 px, fp32), so keep it small.
+        internal_batch_size: rows per forward (images for 'vjp', images×targets for 'expand'); None = one pass;
+            "auto" (default) fits a pass in 2 GiB. Memory is ~4·L·H·N² floats per row (~90 MB at ViT-B/16,
+            224 px; ~4 GiB at 518 px with patch 14, so one row per pass there). The maps do not depend on it.
         query: "cls" (default) | "mean_patches".
 
     Example:
         >>> exp = explain(model, x, method="gae", target="topk:3")  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | None = 16,
+    def __init__(self, model: nn.Module, multi_target: str = "vjp", internal_batch_size: int | str | None = "auto",
                  query: str = "cls") -> None:
         super().__init__(model, multi_target, internal_batch_size, query)
 

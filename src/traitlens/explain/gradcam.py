@@ -90,7 +90,7 @@ class GradCAMViT(GradientExplainer):
     """
 
     def __init__(self, model: nn.Module, variant: str = "attn", multi_target: str = "expand",
-                 internal_batch_size: int | None = 64, query: str = "cls") -> None:
+                 internal_batch_size: int | str | None = 64, query: str = "cls") -> None:
         if variant not in ("attn", "tokens"):
             raise ValueError(f"unknown variant '{variant}'; choose 'attn' (Chefer) or 'tokens' (pytorch-grad-cam)")
         super().__init__(model, multi_target, internal_batch_size, query)
@@ -153,7 +153,8 @@ class GradCAM(GradientExplainer):
         RuntimeError: a BatchNorm layer is in training mode.
     """
 
-    def __init__(self, model: nn.Module, multi_target: str = "expand", internal_batch_size: int | None = 64) -> None:
+    def __init__(self, model: nn.Module, multi_target: str = "expand",
+                 internal_batch_size: int | str | None = 64) -> None:
         super().__init__(model, multi_target, internal_batch_size, query=None)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:

@@ -7,8 +7,8 @@ weights (no model copy, no relprop-capable model class). Reference: `hila-chefer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from typing import cast
 
 import torch
@@ -16,12 +16,13 @@ import torch.nn as nn
 from timm.layers import LayerScale, Mlp
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from traitlens.backbones.probe import AttentionProbe
+from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.protocols import ViTBlock, as_vit
-from traitlens.explain._base import Explainer, query_row
-from traitlens.explain._explanation import Attribution
+from traitlens.backbones.trunk import trunk_forward
+from traitlens.explain._base import query_row
+from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
+from traitlens.explain._gradients import _resolve_chunk, attention_bytes
 from traitlens.explain._registry import register_method
-from traitlens.explain._targets import TargetSpec, target_scores
 
 __all__ = [
     "LRPTransformerAttribution",
@@ -36,7 +37,6 @@ __all__ = [
 EPS = 1e-9
 MODES = ("full", "partial_lrp")
 STABILIZERS = ("clamp", "reference")
-MULTI_TARGET = ("expand", "vjp")
 _NORMS = (nn.LayerNorm, nn.Identity)
 
 
@@ -51,12 +51,16 @@ def safe_divide(a: torch.Tensor, b: torch.Tensor, stabilizer: str = "clamp") -> 
     'clamp' (spec): the denominator keeps its sign and |b| ≥ 1e-9. 'reference': the reference's `safe_divide`,
     which in effect divides by b + 1e-9 (its two clamps add up to that for every b).
     """
+    # In-place clamps and masked fills: `torch.where` costs ~3 multiplications on a CPU, and these run on the
+    # [B,H,N,N] attention relevances (same values and signs as the `where` form, zeros included).
     if stabilizer == "clamp":
-        den = torch.where(b >= 0, b.clamp(min=EPS), b.clamp(max=-EPS))
+        den = b.abs().clamp_(min=EPS).copysign_(b)  # b ≥ 0 → max(b, ε), b < 0 → min(b, −ε); b = ±0 is masked
     else:
         den = b + EPS
-        den = torch.where(den == 0, torch.full_like(den, EPS), den)
-    return torch.where(b == 0, torch.zeros_like(a), a / den)
+        den.masked_fill_(den == 0, EPS)
+    out = torch.div(a, den, out=den) if den.shape == torch.broadcast_shapes(a.shape, b.shape) and \
+        den.dtype == torch.result_type(a, b) else a / den  # reuse the buffer
+    return out.masked_fill_(b == 0, 0.0)
 
 
 def relprop_linear(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
@@ -181,7 +185,7 @@ def _relprop_block(
     R_ctx = relprop_linear(acts.ctx, attn.proj.weight, R_proj, stabilizer)
     R_ctx = R_ctx.reshape(B, N, attn.num_heads, -1).transpose(1, 2)  # [B,H,N,d]
     R_A, R_v = relprop_matmul(acts.attn, acts.v, R_ctx, stabilizer)
-    R_A, R_v = R_A / 2, R_v / 2
+    R_A, R_v = R_A.mul_(0.5), R_v / 2  # in place: R_A is [B,H,N,N]; halving is exact either way
     if stop_at_attention:
         return None, R_A
     # A = softmax(q kᵀ·scale): the scale cancels in the z-rule, as in the reference's unscaled einsum.
@@ -257,16 +261,18 @@ def check_supported(model: nn.Module) -> None:
 
 @register_method(
     "lrp", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
-    cost="1 forward + 1 backward to block 1's attention + 1 relevance pass over all blocks ([B·K] rows)",
+    cost="1 forward + 1 backward to block s's attention + 1 relevance pass over blocks L..s (no re-forward)",
     summary="Chefer's LRP transformer attribution: rollout of mean_h(∇A ⊙ R_A)^+ (or partial LRP, last block)",
 )
-class LRPTransformerAttribution(Explainer):
+class LRPTransformerAttribution(GradientExplainer):
     """Transformer attribution (posthoc.md §9): Ā_b = mean_h(G_b ⊙ R_A,b)^+, C = (I+Ā_L)⋯(I+Ā_{s+1}), map = C[q0, n_p:].
 
     R_A,b is the LRP relevance of block b's attention matrix after A·V's relprop (halved), from a relevance pass
-    that starts at the **one-hot** of the target class; G_b = ∂y/∂A_b comes from a normal backward (`AttentionProbe`
-    + `autograd.grad`, y in `target_space`). The relevance pass replays each block functionally with the model's
-    own modules and runs as one [B·K] batch, every rule being per sample. The reference calls this
+    that starts at the **one-hot** of the target class; G_b = ∂y/∂A_b comes from a normal backward (y in
+    `target_space`). The forward runs each block functionally with the model's own modules and keeps the
+    intermediates, so the relevance pass reads them instead of replaying the blocks; every rule is per sample.
+    Only the query row of C is formed, r ← r + r·Ā_b from the last block down (N² per block, not N³), and each
+    block's G_b, R_A,b and intermediates are freed once folded in. The reference calls this
     `method="transformer_attribution"` (`"grad"` in `ViT_LRP.relprop`).
 
     `mode='partial_lrp'` (Voita et al. 2019, the reference's `last_layer`): map = mean_h(R_A,L)^+ at row q0, with
@@ -280,75 +286,118 @@ class LRPTransformerAttribution(Explainer):
         multi_target: "expand" (default; replicate the images K times for the gradient pass) | "vjp" (one forward,
             K batched VJPs).
         stabilizer: "clamp" (spec: |denominator| ≥ 1e-9) | "reference" (denominator + 1e-9, the reference code).
+        internal_batch_size: (image, target) rows per pass; "auto" (default) fits the estimated memory of a pass
+            in 2 GiB (one row of a 518 px ViT-B needs ~3 GiB); None = one pass. The maps do not depend on it.
 
     Example:
         >>> exp = explain(model, x, method="lrp", start_layer=1)  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, mode: str = "full", start_layer: int = 0, query: str = "cls",
-                 multi_target: str = "expand", stabilizer: str = "clamp") -> None:
-        super().__init__(model)
+                 multi_target: str = "expand", stabilizer: str = "clamp",
+                 internal_batch_size: int | str | None = "auto") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
-        if multi_target not in MULTI_TARGET:
-            raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGET}")
         if stabilizer not in STABILIZERS:
             raise ValueError(f"unknown stabilizer '{stabilizer}'; choose from {STABILIZERS}")
-        if query not in ("cls", "mean_patches"):
-            raise ValueError(f"unknown query '{query}'; choose 'cls' or 'mean_patches'")
+        super().__init__(model, multi_target, internal_batch_size, query)
         check_supported(model)
         L = len(as_vit(model).blocks)
-        if not isinstance(start_layer, int) or not 0 <= start_layer < L:
+        if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < L:
             raise ValueError(f"start_layer must be an int in 0..{L - 1}, got {start_layer!r}")
-        self.mode, self.start_layer, self.query = mode, start_layer, query
-        self.multi_target, self.stabilizer = multi_target, stabilizer
+        self.mode, self.start_layer, self.stabilizer = mode, start_layer, stabilizer
 
-    # -- gradient pass -------------------------------------------------------------------------------------------
+    def _row_bytes(self, layout: ViTLayout, num_targets: int) -> int:
+        """Per (image, target) row: G_b and A_b of the blocks in C, plus ~8 attention-sized temporaries."""
+        blocks = 1 if self.mode == "partial_lrp" else layout.num_blocks - self.start_layer
+        return (2 * blocks + 8) * attention_bytes(layout)
 
-    def _forward(
-        self, images: torch.Tensor, target: TargetSpec, target_space: str, blocks: list[int], need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """(logits [B,C], targets [B,K], G_b [B·K,H,N,N] per block, block inputs [B·K,N,D] per block).
+    # -- forward and gradient pass -------------------------------------------------------------------------------
 
-        Rows of the [B·K] tensors are in (image, target) order.
-        """
-        capture = ("attn", "block_input") if need_grad else ("block_input",)
-        K = target.num_targets
-        expand = need_grad and self.multi_target == "expand" and K > 1
-        fixed = None
-        if expand and target.needs_logits:
-            # Top-k targets must be known before the images are replicated: one forward without grad.
+    def _forward(self, x: torch.Tensor, first: int) -> tuple[torch.Tensor, dict[int, _BlockActs]]:
+        """(logits, intermediates of blocks first..L−1): trunk without grad, then the functional blocks."""
+        vit = as_vit(self.model)
+        h = trunk_forward(self.model, x, first)
+        if torch.is_grad_enabled():
+            h = h.detach().requires_grad_()  # a leaf, so G exists even when the parameters are frozen
+        acts: dict[int, _BlockActs] = {}
+        for b in range(first, len(vit.blocks)):
+            acts[b] = _block_forward(vit.blocks[b], h)
+            h = acts[b].out
+        return cast(VisionTransformer, self.model).forward_head(vit.norm(h)), acts
+
+    def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
+        L, K = layout.num_blocks, chunk.num_targets
+        if self.mode == "partial_lrp":
             with torch.no_grad():
-                fixed = target.resolve(self.model(images))
-        x = images.repeat_interleave(K, 0) if expand else images
-        with torch.set_grad_enabled(need_grad), AttentionProbe(self.model, blocks=blocks, capture=capture) as probe:
-            out = self.model(x)
-        logits = out[::K] if expand else out
-        targets = fixed if fixed is not None else target.resolve(logits)
-        rep = 1 if expand else K
-        inputs = {b: probe.block_input[b].detach().repeat_interleave(rep, 0) for b in blocks}
-        grads: dict[int, torch.Tensor] = {}
-        gs: Sequence[torch.Tensor]
-        if need_grad:
-            attns = [probe.attn[b] for b in blocks]
-            with torch.enable_grad():  # the scores join the graph also under a caller's torch.no_grad()
-                if expand or K == 1:
-                    y = target_scores(out, targets.reshape(-1, 1), target_space)
-                    gs = probe.grad(y.sum(), attns)
-                else:
-                    y = target_scores(out, targets, target_space)  # [B,K]
-                    one_hots = torch.eye(K, dtype=y.dtype, device=y.device).unsqueeze(1).expand(K, *y.shape)
-                    gs = probe.grad(y, attns, grad_outputs=one_hots, is_grads_batched=True)
-                    gs = [g.transpose(0, 1).reshape(-1, *g.shape[2:]) for g in gs]  # [K,B,...] → [B·K,...]
-            grads = {b: g.detach() for b, g in zip(blocks, gs, strict=True)}
-        return logits.detach(), targets, grads, inputs
+                logits, acts = self._forward(chunk.x, L - 1)
+            targets = _resolve_chunk(chunk.target, logits, chunk.start, chunk.stop)
+            rep = K
+            grads: dict[int, torch.Tensor] = {}
+        else:
+            with torch.enable_grad():
+                out, acts = self._forward(chunk.replicated(), self.start_layer)
+                logits, targets, y = chunk.scores(out)
+                blocks = list(acts)
+                gs = chunk.grads(y, [acts[b].attn for b in blocks])  # [n,K,H,N,N] each
+            del out, y
+            grads = {b: g.reshape(-1, *g.shape[2:]).detach() for b, g in zip(blocks, gs, strict=True)}
+            del gs
+            rep = 1 if chunk.expand else K
+        acts = {b: _detached(a) for b, a in acts.items()}
+        classes = targets.reshape(-1)
+        first = min(acts)
+        steps = self._relevance_steps(lambda b: _repeat(acts.pop(b), rep), classes, first)
+        n = chunk.n
+        if self.mode == "partial_lrp":
+            (_, R_A), = steps
+            heads = query_row(R_A.clamp(min=0), layout, self.query).reshape(n, K, -1, layout.num_patches)
+            return ChunkMaps(heads.mean(2), targets, logits.detach(), heads)
+        r = _query_vector(layout, self.query, classes.numel(), grads[first])
+        for b, R_A in steps:
+            a_bar = grads.pop(b).mul_(R_A).clamp_(min=0).mean(1)  # [M,N,N]; G_b is not needed after
+            del R_A
+            r = r + (r.unsqueeze(-2) @ a_bar).squeeze(-2)
+        row = r[:, layout.num_prefix_tokens:]
+        return ChunkMaps(row.reshape(n, K, -1), targets, logits.detach())
 
     # -- relevance pass ------------------------------------------------------------------------------------------
+
+    def _relevance_steps(self, acts_of: Callable[[int], _BlockActs], classes: torch.Tensor, stop_at: int,
+                         to_input: bool = False, out: list[torch.Tensor] | None = None
+                         ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (b, R_A,b [M,H,N,N]) for b = L−1 down to `stop_at`, from the one-hot of `classes` [M].
+
+        `acts_of(b)` gives block b's intermediates, asked once per block in that order. With `to_input` the pass
+        continues through block stop_at's attention and appends the relevance at its input [M,N,D] to `out`.
+        """
+        model, st = as_vit(self.model), self.stabilizer
+        head = cast(nn.Linear, model.head)  # check_supported: a Linear head
+        L = len(model.blocks)
+        with torch.no_grad():
+            acts = acts_of(L - 1)
+            tokens = model.norm(acts.out)
+            feats = model.forward_head(tokens, pre_logits=True)  # pool → fc_norm → head_drop
+            R = torch.zeros(classes.numel(), head.out_features, dtype=feats.dtype, device=feats.device)
+            R.scatter_(1, classes.view(-1, 1), 1.0)  # one-hot, not the logit value
+            R = relprop_linear(feats, head.weight, R, st)
+            R_out: torch.Tensor | None = _relprop_pool(self.model, tokens, R, st)  # fc_norm, head_drop, norm: identity
+            del tokens, feats, R
+            for b in range(L - 1, stop_at - 1, -1):
+                if b != L - 1:
+                    acts = acts_of(b)
+                # R_out is None only after the last visited block (stop_at_attention).
+                R_out, R_A = _relprop_block(model.blocks[b], acts, cast(torch.Tensor, R_out), st,
+                                            stop_at_attention=b == stop_at and not to_input)
+                del acts
+                yield b, R_A
+        if out is not None and R_out is not None:
+            out.append(R_out)
 
     def relevance(
         self, inputs: dict[int, torch.Tensor], classes: torch.Tensor, stop_at: int = 0, to_input: bool = False
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
-        """Relevance pass from the one-hot of `classes` [M] down to block `stop_at`.
+        """Relevance pass from the one-hot of `classes` [M] down to block `stop_at`, replaying the blocks.
 
         Args:
             inputs: block inputs [M,N,D] for blocks stop_at..L−1.
@@ -360,45 +409,39 @@ class LRPTransformerAttribution(Explainer):
             (R_A,b [M,H,N,N] per visited block, the relevance at block stop_at's input [M,N,D] when `to_input`,
             else None).
         """
-        model, st = as_vit(self.model), self.stabilizer
-        head = cast(nn.Linear, model.head)  # check_supported: a Linear head
-        L = len(model.blocks)
-        with torch.no_grad():
-            acts = _block_forward(model.blocks[L - 1], inputs[L - 1])
-            tokens = model.norm(acts.out)
-            feats = model.forward_head(tokens, pre_logits=True)  # pool → fc_norm → head_drop
-            R = torch.zeros(classes.numel(), head.out_features, dtype=feats.dtype, device=feats.device)
-            R.scatter_(1, classes.view(-1, 1), 1.0)  # one-hot, not the logit value
-            R = relprop_linear(feats, head.weight, R, st)
-            R = _relprop_pool(self.model, tokens, R, st)  # fc_norm, head_drop and norm pass through
-            relevances: dict[int, torch.Tensor] = {}
-            R_out: torch.Tensor | None = R
-            for b in range(L - 1, stop_at - 1, -1):
-                if b != L - 1:
-                    acts = _block_forward(model.blocks[b], inputs[b])
-                # R_out is None only after the last visited block (stop_at_attention).
-                R_out, relevances[b] = _relprop_block(
-                    model.blocks[b], acts, cast(torch.Tensor, R_out), st,
-                    stop_at_attention=b == stop_at and not to_input,
-                )
-        return relevances, R_out
+        blocks = as_vit(self.model).blocks
 
-    def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        layout = self.layout(images)
-        L = layout.num_blocks
-        partial = self.mode == "partial_lrp"
-        blocks = [L - 1] if partial else list(range(self.start_layer, L))
-        logits, targets, grads, inputs = self._forward(images, target, target_space, blocks, need_grad=not partial)
-        B, K = targets.shape
-        relevances, _ = self.relevance(inputs, targets.reshape(-1), stop_at=blocks[0])
-        if partial:
-            heads = query_row(relevances[L - 1].clamp(min=0), layout, self.query)  # [B·K,H,P]
-            head_maps = heads.reshape(B, K, -1, *layout.grid)
-            return Attribution(head_maps.mean(2), targets, logits, head_maps)
-        C: torch.Tensor | None = None
-        for b in blocks:
-            a = (grads[b] * relevances[b]).clamp(min=0).mean(1)  # [B·K,N,N]
-            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-            C = a if C is None else a @ C
-        row = query_row(cast(torch.Tensor, C), layout, self.query)  # [B·K,P]; blocks is never empty
-        return Attribution(row.reshape(B, K, *layout.grid), targets, logits)
+        def acts_of(b: int) -> _BlockActs:
+            with torch.no_grad():
+                return _block_forward(blocks[b], inputs[b])
+
+        out: list[torch.Tensor] = []
+        relevances = dict(self._relevance_steps(acts_of, classes, stop_at, to_input, out))
+        return relevances, out[0] if out else None
+
+
+def _detached(acts: _BlockActs) -> _BlockActs:
+    """The intermediates as plain values (the relevance rules never differentiate them)."""
+    return _BlockActs(*(t.detach() for t in astuple_shallow(acts)))
+
+
+def _repeat(acts: _BlockActs, rep: int) -> _BlockActs:
+    """Each image's intermediates repeated `rep` times (image-major), for K targets per image in 'vjp'."""
+    if rep == 1:
+        return acts
+    return _BlockActs(*(t.repeat_interleave(rep, 0) for t in astuple_shallow(acts)))
+
+
+def astuple_shallow(acts: _BlockActs) -> list[torch.Tensor]:
+    """The fields of `acts` in order, without `dataclasses.astuple`'s deep copy."""
+    return [getattr(acts, f.name) for f in fields(acts)]
+
+
+def _query_vector(layout: ViTLayout, query: str, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """Row vectors e [rows,N]: one-hot at q0, or the mean of the patch rows for 'mean_patches'."""
+    e = torch.zeros(rows, layout.num_tokens, dtype=like.dtype, device=like.device)
+    if query == "cls":
+        e[:, 0] = 1.0
+    else:
+        e[:, layout.num_prefix_tokens:] = 1.0 / layout.num_patches
+    return e

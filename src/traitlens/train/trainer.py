@@ -93,9 +93,10 @@ class FitResult:
 
 def iterate_batches(
     dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-    num_workers: int = 0, shard: tuple[int, int] = (0, 1),
+    num_workers: int = 0, shard: tuple[int, int] = (0, 1), pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images [B,3,H,W] float in [0,1], labels [B]) batches.
+    """Yield (images [B,3,H,W] float in [0,1], labels [B]) batches; in page-locked memory with `pin_memory`
+    (for a GPU: then `.to(device, non_blocking=True)` overlaps the copy with compute).
 
     In-memory datasets exposing `images` (uint8 [N,3,H,W] / [N,H,W,3] or float [N,3,H,W]) and `labels`
     tensors, and no transform, are sliced directly: much faster than collating per-item dicts.
@@ -114,10 +115,11 @@ def iterate_batches(
             and getattr(dataset, "transform", None) is None):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            yield _as_float_images(images[idx]), labels[idx].long()
+            batch = _as_float_images(images[idx]), labels[idx].long()
+            yield (batch[0].pin_memory(), batch[1].pin_memory()) if pin_memory else batch
         return
     loader = DataLoader(_Indexed(dataset, order.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate_image_label)
+                        num_workers=num_workers, collate_fn=_collate_image_label, pin_memory=pin_memory)
     yield from loader
 
 
@@ -167,10 +169,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     device = _device_of(model)
     dist_ = _Dist()
     correct = total = 0
-    batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world))
+    batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world), pin_memory=device.type == "cuda")
     for images, labels in tqdm(batches, total=math.ceil(len(cast(Sized, dataset)) / batch_size), disable=not progress,
                                desc="eval", leave=False):
-        logits = model(normalize(model, images.to(device)))
+        logits = model(normalize(model, images.to(device, non_blocking=True)))
         correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += labels.numel()
     model.train(was_training)
@@ -336,10 +338,11 @@ def fit(
         loss_sum = 0.0
         correct: float = 0
         bar = tqdm(iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=shuffle,
-                                   num_workers=cfg.num_workers, shard=(dist_.rank, dist_.world)),
+                                   num_workers=cfg.num_workers, shard=(dist_.rank, dist_.world),
+                                   pin_memory=device.type == "cuda"),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if cfg.augment_flip or cfg.augment_shift:
                 images = flip_and_shift(images, augment, cfg.augment_flip, cfg.augment_shift)
             images = normalize(model, images)

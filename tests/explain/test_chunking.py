@@ -1,0 +1,96 @@
+"""The memory knob `internal_batch_size` of the attention-gradient methods: it bounds the rows of one pass, never
+changes the maps, and 'auto' picks the rows from the estimated memory of a row (docs/performance.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from traitlens.backbones.introspect import vit_layout
+from traitlens.explain import _gradients, explain
+from traitlens.explain.gae import GAE
+from traitlens.explain.lrp import LRPTransformerAttribution
+
+METHODS = ("lrp", "gae", "agcam")
+
+
+def rows_per_pass(model: nn.Module) -> tuple[list[int], object]:
+    """Record the batch size of every patch embedding call (one per forward pass)."""
+    seen: list[int] = []
+    handle = model.patch_embed.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    return seen, handle
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("multi_target", ["expand", "vjp"])
+def test_one_row_per_pass_equals_one_pass(tiny_vit, tiny_images, method, multi_target):
+    model = tiny_vit(depth=3, reg_tokens=1)
+    x = tiny_images(3)
+    maps = {}
+    for ibs in (1, None):
+        seen, handle = rows_per_pass(model)
+        try:
+            exp = explain(model, x, method, target="topk:2", multi_target=multi_target, internal_batch_size=ibs,
+                          normalize="none")
+        finally:
+            handle.remove()
+        maps[ibs] = exp
+        # a pass holds at least one image: its 2 (image, target) rows for 'expand', the image itself for 'vjp'
+        per_image = 2 if multi_target == "expand" else 1
+        assert max(seen) == (per_image if ibs == 1 else 3 * per_image)
+        assert len(seen) == (3 if ibs == 1 else 1)
+    torch.testing.assert_close(maps[1].patch_maps, maps[None].patch_maps, atol=1e-6, rtol=0)
+    assert torch.equal(maps[1].targets, maps[None].targets)
+    assert float(maps[None].patch_maps.abs().max()) > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_auto_fits_the_budget(tiny_vit, tiny_images, method, monkeypatch):
+    """'auto' = ⌊budget / row bytes⌋ rows (at least 1): a tiny budget gives one row per pass, a large one a single
+    pass, and the maps are the same."""
+    model = tiny_vit(depth=2)
+    x = tiny_images(4)
+    out = {}
+    for budget, expected in ((1, 1), (2**40, 4)):  # top-1: a row is an image
+        monkeypatch.setattr(_gradients, "AUTO_BUDGET_BYTES", budget)
+        seen, handle = rows_per_pass(model)
+        try:
+            out[budget] = explain(model, x, method, normalize="none").patch_maps  # default: 'auto'
+        finally:
+            handle.remove()
+        assert max(seen) == expected
+    torch.testing.assert_close(out[1], out[2**40], atol=1e-6, rtol=0)
+
+
+def test_auto_row_estimate_is_one_row_for_vit_b_at_518_px():
+    """ViT-B/14 at 518 px (1374 tokens, 12 heads, 12 blocks; the width does not enter the estimate): more than
+    2 GiB per row, so 'auto' runs one image per pass; at 224 px with patch 16 it packs many rows."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    big = VisionTransformer(img_size=518, patch_size=14, embed_dim=48, depth=12, num_heads=12, reg_tokens=4,
+                            num_classes=200).eval()
+    layout = vit_layout(big, (518, 518))
+    assert layout.num_tokens == 1 + 4 + 37 * 37
+    for explainer in (LRPTransformerAttribution(big), GAE(big)):
+        row = explainer._row_bytes(layout, 1)
+        assert row == pytest.approx((32 if isinstance(explainer, LRPTransformerAttribution) else 48)
+                                    * 12 * 1374**2 * 4 / 1, rel=1e-9)
+        assert _gradients._rows_per_pass("auto", row) == 1
+    small = vit_layout(VisionTransformer(img_size=224, patch_size=16, embed_dim=48, depth=12, num_heads=12), (224, 224))
+    assert _gradients._rows_per_pass("auto", GAE(big)._row_bytes(small, 1)) == 2 * 2**30 // (48 * 12 * 197**2 * 4)
+
+
+def test_lrp_frozen_parameters_same_maps(tiny_vit, tiny_images):
+    model = tiny_vit(depth=2)
+    x = tiny_images(2)
+    ref = explain(model, x, "lrp", normalize="none").patch_maps
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.testing.assert_close(explain(model, x, "lrp", normalize="none").patch_maps, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "big"])
+def test_bad_internal_batch_size(tiny_vit, bad):
+    with pytest.raises(ValueError, match="internal_batch_size"):
+        LRPTransformerAttribution(tiny_vit(depth=1), internal_batch_size=bad)
