@@ -10,7 +10,16 @@ from traitlens import models  # registers the interpretable models and the "nati
 from traitlens._version import __version__
 from traitlens.backbones import AttentionProbe, load_image, load_images, load_model, normalize, save_model
 from traitlens.evaluation import evaluate
-from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
+from traitlens.explain import (
+    Concept,
+    Explanation,
+    IncompatibleMethodError,
+    explain,
+    get_method,
+    list_methods,
+    method_refusal,
+    supported_methods,
+)
 from traitlens.train import FitConfig, fit
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "Concept",
     "Explanation",
     "FitConfig",
+    "IncompatibleMethodError",
     "__version__",
     "evaluate",
     "explain",
@@ -27,7 +37,9 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "method_refusal",
     "models",
     "normalize",
     "save_model",
+    "supported_methods",
 ]
