@@ -15,7 +15,8 @@ from tests.conftest import png16, png_bytes
 from traitlens.backbones import create_preset, load_model, save_model
 from traitlens.cli import app, main, output_stems
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, export_cub
-from traitlens.explain import list_methods
+from traitlens.explain import list_methods, method_refusal, supported_methods
+from traitlens.models import build_interpretable
 from traitlens.train import load_checkpoint
 
 runner = CliRunner()
@@ -44,6 +45,40 @@ def test_methods_lists_the_registry() -> None:
     assert result.exit_code == 0
     for info in list_methods():
         assert info.name in result.output
+
+
+@pytest.fixture
+def promptcam_model(tmp_path):
+    path = tmp_path / "pcam"
+    save_model(build_interpretable("promptcam", "traitlens-vit-micro", 3, class_names=["ant", "bee", "cow"],
+                                   variant="shallow"), path)
+    return path
+
+
+def test_methods_for_a_model_lists_only_what_runs_on_it(promptcam_model) -> None:
+    result = runner.invoke(app, ["methods", "--model", str(promptcam_model)])
+    assert result.exit_code == 0, result.output
+    supported = {m.name for m in supported_methods(load_model(promptcam_model))}
+    assert {"native", "cdam", "gradcam_vit", "smoothgrad"} <= supported and "rollout" not in supported
+    listed = {line.split()[0] for line in result.output.splitlines()[2:]}
+    assert listed == supported
+    assert f"{len(supported)} of {len(list_methods())} methods run on it" in result.output
+
+
+def test_explain_refuses_an_incompatible_method_with_the_registry_reason(tmp_path, promptcam_model,
+                                                                         image_files) -> None:
+    why = method_refusal(load_model(promptcam_model), "rollout")
+    assert why is not None
+    proc = subprocess.run([sys.executable, "-m", "traitlens", "explain", str(image_files[0]), "--model",
+                           str(promptcam_model), "--method", "rollout", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {why}"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+    ok = runner.invoke(app, ["explain", str(image_files[0]), "--model", str(promptcam_model), "--method", "cdam",
+                             "--target", "bee", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "ok" / "img0_cdam_bee.png").is_file()
 
 
 def test_explain_writes_overlays_and_raw_maps(tmp_path, micro_model, image_files) -> None:

@@ -18,7 +18,16 @@ from traitlens.backbones import (
     save_model,
 )
 from traitlens.evaluation import evaluate
-from traitlens.explain import Concept, Explanation, explain, get_method, list_methods
+from traitlens.explain import (
+    Concept,
+    Explanation,
+    IncompatibleMethodError,
+    explain,
+    get_method,
+    list_methods,
+    method_refusal,
+    supported_methods,
+)
 from traitlens.train import FitConfig, fit
 
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "Explanation",
     "FitConfig",
     "ImageLoadError",
+    "IncompatibleMethodError",
     "__version__",
     "evaluate",
     "explain",
@@ -36,7 +46,9 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "method_refusal",
     "models",
     "normalize",
     "save_model",
+    "supported_methods",
 ]

@@ -242,13 +242,14 @@ def explain_cmd(
     Example: traitlens explain bird.png --model traitlens-quickstart/run/best --method cdam --target topk:3
     """
     from traitlens.backbones import class_names_of, load_images, load_model, normalize
-    from traitlens.explain import explain, parse_target_text
+    from traitlens.explain import explain, method_refusal, parse_target_text
     from traitlens.viz import overlay, save_png
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     npz = out / f"{method}.npz"
     net = load_model(model)
+    _refuse(method_refusal(net, method))
     images01 = load_images(images, model=net)
     tgt = parse_target_text(target, class_names_of(net))
     exp = explain(net, normalize(net, images01), method=method, target=tgt, target_space=target_space,
@@ -279,15 +280,35 @@ def explain_cmd(
     typer.echo(f"wrote overlays and {method}.npz to {out}")
 
 
-@app.command()
-def methods() -> None:
-    """List every explanation method with its metadata."""
-    from traitlens.explain import list_methods
+def _refuse(reason: str | None) -> None:
+    """A usage error (exit 2) with the one-line reason, e.g. a method that does not run on the model."""
+    if reason is not None:
+        typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(2)
 
-    typer.echo(f"{'name':22} {'signed':6} {'class':5} {'grad':4} {'families':14} cost")
-    for m in list_methods():
+
+@app.command()
+def methods(
+    model: str = typer.Option("", help="Model folder, timm name or preset: list only the methods that run on it."),
+) -> None:
+    """List every explanation method with its metadata (with --model, those that run on that model).
+
+    Example: traitlens methods --model runs/pcam/best
+    """
+    from traitlens.explain import list_methods, model_families, supported_methods
+
+    infos = list_methods()
+    if model:
+        from traitlens.backbones import load_model
+
+        net = load_model(model)
+        infos = supported_methods(net)
+        typer.echo(f"{model} ({type(net).__name__}) offers {', '.join(model_families(net)) or 'no family'}; "
+                   f"{len(infos)} of {len(list_methods())} methods run on it")
+    typer.echo(f"{'name':22} {'signed':6} {'class':5} {'grad':4} {'families':24} cost")
+    for m in infos:
         typer.echo(f"{m.name:22} {'yes' if m.signed else 'no':6} {'yes' if m.class_specific else 'no':5} "
-                   f"{'yes' if m.needs_grad else 'no':4} {','.join(m.families):14} {m.cost}")
+                   f"{'yes' if m.needs_grad else 'no':4} {','.join(m.families):24} {m.cost}")
 
 
 def main() -> None:

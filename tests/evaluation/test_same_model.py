@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from traitlens.evaluation.same_model import COLUMNS, same_model_rows, same_model_table
-from traitlens.explain import explain
+from traitlens.explain import explain, method_refusal
 from traitlens.metrics import deletion, insertion
 from traitlens.models import InterpretableModel, ModelOutput, PromptCAM
 
@@ -153,7 +153,8 @@ def test_refused_methods_land_in_skipped_with_their_reason(hand_table) -> None:
     methods = [r.method for r in table.rows]
     assert methods == ["native", "input_x_gradient"]  # the post-hoc method that runs here, with its patch option
     assert table.row("input_x_gradient").kind == "post-hoc"
-    assert table.skipped["cdam"].startswith("TypeError: KnownMaps is not a ViT")
+    # the registry's up-front refusal, as explain() raises it
+    assert table.skipped["cdam"] == f"IncompatibleMethodError: {method_refusal(KnownMaps(), 'cdam')}"
     assert "rollout" in table.skipped
     assert "Prompt-CAM only" in table.skipped["native_top1"]  # top-k ranking is Prompt-CAM's
     assert "cdam" in table.summary()
@@ -186,11 +187,12 @@ def test_tiny_promptcam_end_to_end(micro_setup) -> None:
     model, data = micro_setup
     torch.manual_seed(0)
     net = PromptCAM(copy.deepcopy(model), 2).eval()
-    table = same_model_table(net, data, methods=["input_x_gradient", "cdam"], n_images=2, steps=4, n_boot=50)
-    # top_k "auto": round(R/3) heads, at least 1 — one of the micro ViT's 2 heads
+    table = same_model_table(net, data, methods=["input_x_gradient", "cdam", "rollout"], n_images=2, steps=4,
+                             n_boot=50)
+    # top_k "auto": round(R/3) heads, at least 1 — one of the micro ViT's 2 heads; CDAM runs on Prompt-CAM's ViT
     assert [(r.method, r.kind) for r in table.rows] == [("native", "native"), ("native_top1", "native top-k"),
-                                                         ("input_x_gradient", "post-hoc")]
-    assert "cdam" in table.skipped
+                                                         ("input_x_gradient", "post-hoc"), ("cdam", "post-hoc")]
+    assert table.skipped["rollout"] == f"IncompatibleMethodError: {method_refusal(net, 'rollout')}"
     for row in [*table.rows, table.chance]:
         assert set(row.values) == set(COLUMNS)
         for col, e in row.values.items():
@@ -215,12 +217,13 @@ def test_benchmark_script_writes_markdown_and_json(tmp_path, monkeypatch) -> Non
     spec.loader.exec_module(bench)
     out = tmp_path / "out"
     argv = ["same_model.py", "--quickstart", str(tmp_path), "--size", "32", "--num-classes", "2", "--n-images", "2",
-            "--methods", "input_x_gradient,cdam", "--steps", "4", "--n-boot", "20", "--out", str(out)]
+            "--methods", "input_x_gradient,cdam,rollout", "--steps", "4", "--n-boot", "20", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
     results = json.loads((out / "same_model.json").read_text())
-    assert [r["method"] for r in results["promptcam"]["rows"]] == ["native", "native_top1", "input_x_gradient"]
-    assert "cdam" in results["promptcam"]["skipped"]
+    assert [r["method"] for r in results["promptcam"]["rows"]] == ["native", "native_top1", "input_x_gradient",
+                                                                   "cdam"]
+    assert "rollout" in results["promptcam"]["skipped"]
     assert "| native | native |" in (out / "same_model.md").read_text()
     with pytest.raises(SystemExit, match="--force"):  # existing outputs are never overwritten silently
         bench.main()

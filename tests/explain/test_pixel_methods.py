@@ -84,7 +84,7 @@ def test_registry_metadata():
     for name in PIXEL_METHODS:
         info = get_method(name)
         assert (info.signed, info.class_specific, info.needs_grad) == (True, True, True)
-        assert info.default_norm == "none" and info.families == ("vit", "cnn")
+        assert info.default_norm == "none" and info.families == ("vit", "cnn", "logits")
 
 
 # --- analytic oracles -------------------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ import importlib
 import pkgutil
 
 from traitlens.explain._base import Explainer
+from traitlens.explain._compat import (
+    FAMILIES,
+    IncompatibleMethodError,
+    method_refusal,
+    model_families,
+    supported_methods,
+)
 from traitlens.explain._concept import Concept, ConceptLoadError
 from traitlens.explain._explanation import Attribution, Explanation
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
@@ -21,6 +28,7 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "FAMILIES",
     "Attribution",
     "ChunkMaps",
     "Concept",
@@ -29,15 +37,19 @@ __all__ = [
     "Explanation",
     "GradientChunk",
     "GradientExplainer",
+    "IncompatibleMethodError",
     "MethodInfo",
     "TargetSpec",
     "explain",
     "get_method",
     "list_methods",
+    "method_refusal",
+    "model_families",
     "normalize_maps",
     "parse_target_text",
     "register_method",
     "score_space",
+    "supported_methods",
     "target_scores",
     "upsample_maps",
 ]

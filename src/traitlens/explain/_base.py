@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from traitlens.backbones.introspect import ViTLayout, vit_layout
+from traitlens.explain._compat import prompted_backbone
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import MethodInfo
 from traitlens.explain._targets import TargetSpec
@@ -65,7 +66,14 @@ class Explainer:
         raise NotImplementedError
 
     def layout(self, images: torch.Tensor) -> ViTLayout:
-        """Token layout for this input size; warns once when the model does not pool the CLS token."""
+        """Token layout for this input size; warns once when the model does not pool the CLS token.
+
+        A "prompted_vit" model (Prompt-CAM) gives its backbone's layout; its logits come from its class tokens, so
+        the backbone's pooling does not matter.
+        """
+        backbone = prompted_backbone(self.model)
+        if backbone is not None:
+            return vit_layout(backbone, image_size(images))
         layout = vit_layout(self.model, image_size(images))
         key = (id(self.model), self.info.name)
         if layout.global_pool != "token" and key not in _warned_pool:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from traitlens.backbones.introspect import is_vit, vit_layout
+from traitlens.explain._compat import prompted_backbone
 from traitlens.explain._targets import target_scores
 
 __all__ = [
@@ -70,12 +71,14 @@ def patch_geometry(
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((p_h, p_w), (g_h, g_w)) for sum-pooling pixel maps into patch maps.
 
-    A ViT's own patch size and grid are used unless `patch_size` overrides them; other models (CNNs) use
-    `patch_size` or 16. The grid is ⌊H/p_h⌋×⌊W/p_w⌋: a remainder strip is dropped, like a ViT's patch embedding.
+    A ViT's own patch size and grid are used unless `patch_size` overrides them (Prompt-CAM: its backbone's);
+    other models (CNNs, INTR, SCOUTER) use `patch_size` or 16. The grid is ⌊H/p_h⌋×⌊W/p_w⌋: a remainder strip
+    is dropped, like a ViT's patch embedding.
     """
     H, W = image_size
-    if patch_size is None and is_vit(model):
-        layout = vit_layout(model, image_size)
+    vit = model if is_vit(model) else prompted_backbone(model)
+    if patch_size is None and vit is not None:
+        layout = vit_layout(vit, image_size)
         return layout.patch_size, layout.grid
     p = _pair(patch_size if patch_size is not None else DEFAULT_PATCH)
     if p[0] > H or p[1] > W:

@@ -29,7 +29,8 @@ class MethodInfo:
         default_norm: "none" | "minmax" | "maxabs".
         cost: forward/backward cost in words, e.g. "1 fwd (trunk no-grad) + 1 bwd, last block".
         summary: one line for listings.
-        families: model families it runs on: "vit", "cnn", "native".
+        families: model families it runs on ("vit", "prompted_vit", "cnn", "logits", "native"; see
+            `traitlens.explain.model_families`); a model that offers none of them is refused up front.
         concept: accepts a `Concept` target.
     """
 
@@ -64,11 +65,14 @@ def register_method(
 ) -> Callable[[_E], _E]:
     """Class decorator adding an explainer to the registry under `name`."""
 
+    if isinstance(families, str) or not families or not all(isinstance(f, str) for f in families):
+        raise TypeError(f"families of method '{name}' must be a non-empty tuple of family names, got {families!r}")
+
     def deco(cls: _E) -> _E:
         if name in _METHODS:
             raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls.__qualname__}")
         info = MethodInfo(name, cls, signed, class_specific, needs_grad, default_upsample, default_norm,
-                          cost, summary, families, concept)
+                          cost, summary, tuple(families), concept)
         cls.info = info
         _METHODS[name] = info
         return cls

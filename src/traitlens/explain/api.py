@@ -12,9 +12,9 @@ import torch.nn as nn
 
 from traitlens.backbones.introspect import class_names_of
 from traitlens.explain._base import Explainer, image_size
+from traitlens.explain._compat import check_method
 from traitlens.explain._explanation import Explanation
 from traitlens.explain._postprocess import normalize_maps, upsample_maps
-from traitlens.explain._registry import get_method
 from traitlens.explain._targets import TARGET_SPACES, TargetSpec
 
 __all__ = ["explain", "num_classes_of"]
@@ -42,7 +42,7 @@ def explain(
     """Explain `images` with `method` for `target` (top-1 by default).
 
     Args:
-        model: a timm ViT (or a model the method supports), in eval mode.
+        model: a timm ViT (or a model the method supports: `supported_methods(model)`), in eval mode.
         images: [B,3,H,W] or [3,H,W] in the model's input space (see `backbones.normalize`).
         method: a registry name; `list_methods()` shows them all.
         target: None/"top1", "topk:K", int, class name, list per image, [B,K] tensor, or a `Concept`.
@@ -56,13 +56,15 @@ def explain(
         An `Explanation` with `maps` [B,K,H,W], `patch_maps` [B,K,g_h,g_w], `targets` [B,K], ...
 
     Raises:
+        IncompatibleMethodError: the method does not run on this model (`method_refusal` says why); raised before
+            any work. A ValueError (and a TypeError).
         ValueError: unknown method, bad target, unknown option value.
         RuntimeError: called under `torch.inference_mode`.
 
     Example:
         >>> exp = explain(model, x, method="cdam", target="topk:3")  # doctest: +SKIP
     """
-    info = get_method(method)
+    info = check_method(model, method)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("explain() cannot run under torch.inference_mode(); gradients and hooks need a normal mode")
     if target_space not in TARGET_SPACES:

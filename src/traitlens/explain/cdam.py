@@ -6,6 +6,8 @@ only the last block, `norm` and the head are differentiated.
 
 This module also holds the engine shared by the variants (`smooth_cdam`, `integrated_cdam`): one pass of the
 last block on given tokens (optionally with T replaced), with several targets by 'expand' or 'vjp', chunked.
+On a "prompted_vit" model (Prompt-CAM) the same engine runs on its `LastBlock` (`_sites`): T is the backbone's
+last-block norm1 output over the class tokens, prefix and patches, y is the model's logit, read from its class token.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from traitlens.backbones.trunk import head_forward, trunk_forward
 from traitlens.explain._base import Explainer
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import register_method
+from traitlens.explain._sites import LastBlock, prompted_site
 from traitlens.explain._targets import TargetSpec, target_scores
 
 __all__ = ["CDAM"]
@@ -47,11 +50,14 @@ def check_multi_target(multi_target: str, internal_batch_size: int | None) -> No
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
 
 
-def concept_of(target: TargetSpec, target_space: str, model: nn.Module) -> Any:
+def concept_of(target: TargetSpec, target_space: str, model: nn.Module, site: LastBlock | None = None) -> Any:
     """The target's `Concept` (checked against `model`) or None for class targets."""
     concept = target.concept
     if concept is None:
         return None
+    if site is not None:
+        raise ValueError(f"{type(model).__name__} has one latent per class token, not one image latent; a Concept "
+                         "target needs a timm ViT's pre-logits (posthoc.md §2)")
     if target_space != "logit":
         raise ValueError(f"target_space='{target_space}' applies to class targets; a Concept target explains its "
                          "similarity score, so leave target_space='logit'")
@@ -61,13 +67,16 @@ def concept_of(target: TargetSpec, target_space: str, model: nn.Module) -> Any:
 
 
 def last_block_forward(
-    model: nn.Module, tokens: torch.Tensor, concept: Any = None
+    model: nn.Module, tokens: torch.Tensor, concept: Any = None, site: LastBlock | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(logits, latent) from tokens x^(L−1) entering the last block: last block → norm → forward_head.
 
     The latent l = forward_head(..., pre_logits=True) is only computed for concept targets; the logits are then
-    read off it (without grad), or None for headless models (`num_classes=0`).
+    read off it (without grad), or None for headless models (`num_classes=0`). With a `site` (prompted ViT) the
+    logits are `site.head(tokens)` and there is no latent.
     """
+    if site is not None:
+        return site.head(tokens), None
     vit = as_vit(model)
     k = len(vit.blocks) - 1
     if concept is None:
@@ -89,6 +98,7 @@ def cdam_pass(
     concept: Any = None,
     target_space: str = "logit",
     t_override: torch.Tensor | None = None,
+    site: LastBlock | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One forward + one backward of the last block: token scores Σ_j T·∂y/∂T for every target.
 
@@ -100,12 +110,14 @@ def cdam_pass(
         target_space: 'logit' | 'prob' | 'log_prob' for class targets.
         t_override: replaces the output of `blocks[-1].norm1` (noise injected at T, posthoc.md §3); the map
             and the gradient are then taken at this T̃.
+        site: the last block of a prompted ViT (None: `model` is a timm ViT).
 
     Returns:
         (scores [M,K,N] detached, logits [M,C] detached or None, targets [M,K]). With K > 1 the targets are
         backpropagated in one call with `is_grads_batched` and one-hot grad_outputs ('vjp').
     """
-    norm1 = as_vit(model).blocks[-1].norm1
+    vit = model if site is None else site.vit
+    norm1 = as_vit(vit).blocks[-1].norm1
     handle = None
     with torch.enable_grad():
         try:
@@ -113,8 +125,8 @@ def cdam_pass(
                 t_new = t_override.detach().requires_grad_()
                 # Registered before the probe's hook, so the probe captures the replaced tensor.
                 handle = norm1.register_forward_hook(lambda _m, _i, _o: t_new)
-            with AttentionProbe(model, blocks=[-1], capture=("norm1",)) as probe:
-                logits, lat = last_block_forward(model, tokens, concept)
+            with AttentionProbe(vit, blocks=[-1], capture=("norm1",)) as probe:
+                logits, lat = last_block_forward(model, tokens, concept, site)
         finally:
             if handle is not None:
                 handle.remove()
@@ -145,6 +157,7 @@ def cdam_rows(
     target_space: str = "logit",
     multi_target: str = "expand",
     internal_batch_size: int | None = None,
+    site: LastBlock | None = None,
 ) -> torch.Tensor:
     """Token scores [M,K,N] for M rows of last-block inputs and their targets [M,K], chunked.
 
@@ -154,7 +167,7 @@ def cdam_rows(
     """
     M, K = targets.shape
     device = targets.device
-    kw = {"concept": concept, "target_space": target_space}
+    kw = {"concept": concept, "target_space": target_space, "site": site}
     if K == 1 or multi_target == "vjp":
         step = internal_batch_size or M
         out = []
@@ -176,13 +189,16 @@ def cdam_rows(
 
 def to_attribution(
     scores: torch.Tensor, layout: ViTLayout, targets: torch.Tensor, logits: torch.Tensor | None,
-    exclude_prefix: bool, extras: dict[str, Any] | None = None,
+    exclude_prefix: bool, extras: dict[str, Any] | None = None, num_queries: int = 0,
 ) -> Attribution:
-    """Token scores [B,K,N] → patch maps [B,K,g_h,g_w]; prefix-token scores go to extras unless excluded."""
+    """Token scores [B,K,N] → patch maps [B,K,g_h,g_w]; prefix-token scores go to extras unless excluded.
+
+    `num_queries` class tokens (a prompted ViT's) come before the prefix; they count as prefix here.
+    """
     B, K, N = scores.shape
-    n_p = layout.num_prefix_tokens
-    if layout.num_tokens != N:
-        raise RuntimeError(f"the last block saw {N} tokens, the layout expects {layout.num_tokens} "
+    n_p = num_queries + layout.num_prefix_tokens
+    if num_queries + layout.num_tokens != N:
+        raise RuntimeError(f"the last block saw {N} tokens, the layout expects {num_queries + layout.num_tokens} "
                            f"({n_p} prefix + {layout.num_patches} patches)")
     extras = dict(extras or {})
     if not exclude_prefix:
@@ -195,7 +211,7 @@ def to_attribution(
     "cdam", signed=True, class_specific=True, needs_grad=True, default_upsample="nearest", default_norm="none",
     cost="1 forward (trunk without grad) + 1 backward through the last block only; memory N·D per image",
     summary="Class-discriminative attention maps: Σ_j T·∂y/∂T at the last block's norm1 tokens (signed)",
-    concept=True,
+    families=("vit", "prompted_vit"), concept=True,
 )
 class CDAM(Explainer):
     """Vanilla CDAM (posthoc.md §1): S[b,i] = Σ_j T[b,n_p+i,j]·G[b,n_p+i,j], T = blocks[−1].norm1(x^(L−1)), G = ∂y/∂T.
@@ -203,12 +219,15 @@ class CDAM(Explainer):
     Signed: positive = evidence for the target, negative = counter-evidence. No layer or head aggregation. With a
     `Concept` target (§2), y = ⟨l(x), v⟩ or cos(l(x), v) with l the pre-logits computed from the last-block graph.
     The CLS-token reading (attention scaled by a class-dependent factor) assumes `global_pool='token'`; other
-    pooling warns and still runs.
+    pooling warns and still runs. On Prompt-CAM ("prompted_vit") T is the backbone's last-block norm1 output,
+    y = the model's logit for the target (read from that class's prompt token), and the map covers the patches.
 
     Args:
-        model: a timm VisionTransformer (the trunk split needs `_pos_embed`, `norm`, `forward_head`).
+        model: a timm VisionTransformer (the trunk split needs `_pos_embed`, `norm`, `forward_head`) or a
+            "prompted_vit" model (posthoc.md §0 "Model families").
         exclude_prefix: drop the n_p prefix tokens (CLS, registers, distillation) from the map (default True).
-            With False their scores are also returned in `extras["prefix_scores"]` [B,K,n_p].
+            With False their scores are also returned in `extras["prefix_scores"]` [B,K,n_p] (on Prompt-CAM
+            [B,K,C+n_p], the class prompts first).
         multi_target: several targets per image by 'expand' (default; replicate x^(L−1) K times, rerun only the
             last block) or 'vjp' (one pass, `is_grads_batched` with one-hot grad_outputs).
         internal_batch_size: at most this many rows per 'expand' pass (None: one pass).
@@ -228,19 +247,21 @@ class CDAM(Explainer):
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         check_grad_mode(self.info.name)
         layout = self.layout(images)
-        concept = concept_of(target, target_space, self.model)
-        x = trunk_forward(self.model, images, layout.num_blocks - 1)
-        kw = {"concept": concept, "target_space": target_space}
+        site = prompted_site(self.model)
+        concept = concept_of(target, target_space, self.model, site)
+        x = trunk_forward(self.model, images, layout.num_blocks - 1) if site is None else site.trunk(images)
+        kw = {"concept": concept, "target_space": target_space, "site": site}
         if target.num_targets == 1 or self.multi_target == "vjp":
             # One last-block forward gives the logits to resolve top-k targets and the graph to differentiate.
             scores, logits, targets = cdam_pass(self.model, x, target.resolve, **kw)
         else:
             with torch.no_grad():
-                logits, _ = last_block_forward(self.model, x, concept)
+                logits, _ = last_block_forward(self.model, x, concept, site)
             targets = target.resolve(logits)
             scores = cdam_rows(self.model, lambda idx: (x[idx], None), targets, multi_target="expand",
                                internal_batch_size=self.internal_batch_size, **kw)
-        return to_attribution(scores, layout, targets, logits, self.exclude_prefix)
+        return to_attribution(scores, layout, targets, logits, self.exclude_prefix,
+                              num_queries=0 if site is None else site.num_queries)
 
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
@@ -313,11 +334,13 @@ class PerturbedCDAM(Explainer):
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         check_grad_mode(self.info.name)
         layout = self.layout(images)
-        concept = concept_of(target, target_space, self.model)
-        x = trunk_forward(self.model, images, layout.num_blocks - 1)
+        site = prompted_site(self.model)
+        concept = concept_of(target, target_space, self.model, site)
+        x = trunk_forward(self.model, images, layout.num_blocks - 1) if site is None else site.trunk(images)
         # Clean pass: logits to resolve the targets, and T for injection at the norm1 output.
-        with torch.no_grad(), AttentionProbe(self.model, blocks=[-1], capture=("norm1",)) as probe:
-            logits, _ = last_block_forward(self.model, x, concept)
+        vit = self.model if site is None else site.vit
+        with torch.no_grad(), AttentionProbe(vit, blocks=[-1], capture=("norm1",)) as probe:
+            logits, _ = last_block_forward(self.model, x, concept, site)
         targets = target.resolve(logits)
         base = x if self.inject_at == "block_input" else probe.norm1[-1]
         alphas = torch.tensor(self.alphas(), dtype=x.dtype, device=x.device)
@@ -334,7 +357,8 @@ class PerturbedCDAM(Explainer):
         B, K = targets.shape
         row_targets = targets.repeat_interleave(m, dim=0)  # row b·m + s explains image b's targets
         scores = cdam_rows(self.model, rows, row_targets, concept=concept, target_space=target_space,
-                           multi_target=self.multi_target, internal_batch_size=self.internal_batch_size)
+                           multi_target=self.multi_target, internal_batch_size=self.internal_batch_size, site=site)
         scores = scores.view(B, m, K, -1).mean(1)
         return to_attribution(scores, layout, targets, logits, self.exclude_prefix,
-                              extras={"n_rows": m, "noise_level": self.noise_level, "inject_at": self.inject_at})
+                              extras={"n_rows": m, "noise_level": self.noise_level, "inject_at": self.inject_at},
+                              num_queries=0 if site is None else site.num_queries)

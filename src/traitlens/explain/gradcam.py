@@ -1,4 +1,8 @@
-"""Grad-CAM: Chefer's ViT definition (posthoc.md §7), its token variant, and classic Grad-CAM for CNNs."""
+"""Grad-CAM: Chefer's ViT definition (posthoc.md §7), its token variant, and classic Grad-CAM for CNNs.
+
+Both ViT variants also run on a "prompted_vit" model (Prompt-CAM) through its `LastBlock`: the query row of
+class c is then c's own prompt token, the token its logit is read from.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from traitlens.backbones.probe import AttentionProbe
 from traitlens.backbones.protocols import TimmClassifier, as_vit
 from traitlens.backbones.trunk import head_forward, trunk_forward
 from traitlens.explain._base import query_row
+from traitlens.explain._compat import prompted_backbone
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._gradients import _check_state
 from traitlens.explain._registry import register_method
+from traitlens.explain._sites import prompted_site
 from traitlens.explain._targets import TargetSpec
 
 __all__ = ["GradCAM", "GradCAMViT"]
@@ -40,6 +46,14 @@ def _last_block_split(model: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
     except TypeError:
         return images, model
     return tokens, lambda t: head_forward(model, t, k)
+
+
+def class_token_rows(t: torch.Tensor, targets: torch.Tensor, start: int) -> torch.Tensor:
+    """Row `targets[b,k]` (class k's own token) of [n, K|1, H, N, N], restricted to columns start.. → [n,K,H,P]."""
+    n, K = targets.shape
+    t = t.expand(n, K, *t.shape[2:])
+    idx = targets.view(n, K, 1, 1, 1).expand(n, K, t.shape[2], 1, t.shape[-1])
+    return t.gather(-2, idx).squeeze(-2)[..., start:]
 
 
 def attn_cam(attn_rows: torch.Tensor, grad_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +80,7 @@ def token_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     default_norm="minmax", cost="1 forward (trunk without grad) + 1 backward through the last block only",
     summary="Grad-CAM for ViTs (Chefer): ReLU(mean_h(mean_j G_h[q0]·A_h[q0])) on the last block; "
             "variant='tokens' is pytorch-grad-cam on norm1 tokens",
+    families=("vit", "prompted_vit"),
 )
 class GradCAMViT(GradientExplainer):
     """Grad-CAM on the last block of a ViT (posthoc.md §7).
@@ -78,8 +93,12 @@ class GradCAMViT(GradientExplainer):
     Only the last block is hooked; the trunk x^(L−1) runs once without grad and only x^(L−1) is replicated per
     target ('expand').
 
+    On Prompt-CAM ("prompted_vit"), y is the logit of class c, read from c's prompt token after the last block, so
+    `query='cls'` reads row c (that prompt) instead of the CLS row: a_h = A_h[c, C+n_p:], w_h = mean_j
+    G_h[c, C+n_p+j]. 'mean_patches' and 'tokens' read the patch tokens after the C prompts and the prefix.
+
     Args:
-        model: a timm ViT.
+        model: a timm ViT or a "prompted_vit" model (posthoc.md §0 "Model families").
         variant: "attn" (default) | "tokens".
         multi_target: "expand" (default; replicate x^(L−1) per target) | "vjp" (one forward, batched VJPs).
         internal_batch_size: rows per last-block pass (images×targets for 'expand'); None = one pass.
@@ -95,11 +114,15 @@ class GradCAMViT(GradientExplainer):
             raise ValueError(f"unknown variant '{variant}'; choose 'attn' (Chefer) or 'tokens' (pytorch-grad-cam)")
         super().__init__(model, multi_target, internal_batch_size, query)
         self.variant = variant
+        self._site = prompted_site(model)
 
     def _needs_cls(self) -> bool:
-        return self.variant == "attn" and self.query == "cls"
+        # A prompted ViT's query row is the target's class token, which always exists.
+        return self.variant == "attn" and self.query == "cls" and self._site is None
 
     def _split(self, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        if self._site is not None:
+            return self._site.trunk(images), self._site.head
         return _last_block_split(self.model, images)
 
     def _extras(self) -> dict[str, Any]:
@@ -108,7 +131,9 @@ class GradCAMViT(GradientExplainer):
     def _chunk(self, chunk: GradientChunk, layout: ViTLayout) -> ChunkMaps:
         inp = chunk.replicated()
         capture = ("attn",) if self.variant == "attn" else ("norm1",)
-        with torch.enable_grad(), AttentionProbe(self.model, blocks=[-1], capture=capture) as probe:
+        site = self._site
+        vit = self.model if site is None else site.vit
+        with torch.enable_grad(), AttentionProbe(vit, blocks=[-1], capture=capture) as probe:
             logits = chunk.forward(inp)
         last = layout.num_blocks - 1
         with torch.enable_grad():
@@ -116,12 +141,17 @@ class GradCAMViT(GradientExplainer):
             captured = probe.attn[last] if self.variant == "attn" else probe.norm1[last]
             (grad,) = chunk.grads(y, [captured])
         captured = chunk.per_target(captured.detach())
+        n_p = layout.num_prefix_tokens if site is None else site.patch_start(layout)
         if self.variant == "attn":
-            a = query_row(captured, layout, self.query)  # [n,K|1,H,P]
-            g = query_row(grad, layout, self.query)  # [n,K,H,P]
+            if site is None:
+                a = query_row(captured, layout, self.query)  # [n,K|1,H,P]
+                g = query_row(grad, layout, self.query)  # [n,K,H,P]
+            elif self.query == "cls":
+                a, g = class_token_rows(captured, targets, n_p), class_token_rows(grad, targets, n_p)
+            else:
+                a, g = captured[..., n_p:, n_p:].mean(-2), grad[..., n_p:, n_p:].mean(-2)
             m, h = attn_cam(a, g)
             return ChunkMaps(m.detach(), targets, image_logits, h.detach())
-        n_p = layout.num_prefix_tokens
         m = token_cam(captured[..., n_p:, :], grad[..., n_p:, :])
         return ChunkMaps(m.detach(), targets, image_logits)
 
@@ -134,7 +164,7 @@ class GradCAMViT(GradientExplainer):
     "gradcam", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear",
     default_norm="minmax", cost="1 forward (features without grad) + 1 backward through the head only",
     summary="Classic Grad-CAM: ReLU(Σ_c α_c·A_c) on the last conv stage (timm CNNs); ViTs use norm1 tokens",
-    families=("cnn", "vit"),
+    families=("cnn", "vit", "prompted_vit"),
 )
 class GradCAM(GradientExplainer):
     """Classic Grad-CAM (Selvaraju et al., arXiv 1610.02391) on `model.forward_features` (posthoc.md §7, §0).
@@ -142,10 +172,12 @@ class GradCAM(GradientExplainer):
     A = `model.forward_features(x)` ∈ R^{B×C×h×w} (timm CNNs: the last conv stage), α_c = mean_{ij} ∂y/∂A_c[i,j],
     M = ReLU(Σ_c α_c·A_c) on the h×w feature grid, which `patch_maps` keeps. This is pytorch-grad-cam's `GradCAM`
     with the last stage as target layer, before its min-max and resize. The features run once without grad and
-    only they are replicated per target. For a ViT the call dispatches to `gradcam_vit` with `variant='tokens'`.
+    only they are replicated per target. For a ViT (and Prompt-CAM's prompted ViT) the call dispatches to `gradcam_vit`
+    with `variant='tokens'`: the ViT's last-block norm1 patch tokens are its feature map.
 
     Args:
-        model: a timm CNN (`forward_features` → [B,C,h,w], `forward_head`) or a timm ViT; in eval mode.
+        model: a timm CNN (`forward_features` → [B,C,h,w], `forward_head`), INTR or SCOUTER (their backbone
+            feature map), a timm ViT or Prompt-CAM; in eval mode.
         multi_target: "expand" (default; replicate the feature map per target) | "vjp".
         internal_batch_size: rows per head pass (images×targets for 'expand'); None = one pass.
 
@@ -158,7 +190,7 @@ class GradCAM(GradientExplainer):
         super().__init__(model, multi_target, internal_batch_size, query=None)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
-        if is_vit(self.model):
+        if is_vit(self.model) or prompted_backbone(self.model) is not None:
             return GradCAMViT(self.model, variant="tokens", multi_target=self.multi_target,
                               internal_batch_size=self.internal_batch_size).attribute(images, target, target_space)
         _check_state(self.model)

@@ -25,7 +25,7 @@ __all__ = ["InputXGradient"]
     "input_x_gradient", signed=True, class_specific=True, needs_grad=True, default_upsample="nearest",
     default_norm="none", cost="1 forward + 1 backward to the pixels",
     summary="Input × gradient, channel-reduced, sum-pooled per patch; full-resolution map in extras['pixel_maps']",
-    families=("vit", "cnn"),
+    families=("vit", "cnn", "logits"),
 )
 class InputXGradient(Explainer):
     """M = reduce_c(x ⊙ ∂y/∂x), with x the model input (posthoc.md §11). Signed.

@@ -16,7 +16,7 @@ __all__ = ["IntegratedCDAM"]
     cost="1 trunk forward (no grad) + m last-block forward/backward passes, batched [B·m,N,D] and chunked; "
          "memory m·N·D per image",
     summary="Integrated CDAM: mean of Σ_j T_k·∂g/∂T_k along x_k = (k/m)·x, k = 1..m−1 (signed)",
-    concept=True,
+    families=("vit", "prompted_vit"), concept=True,
 )
 class IntegratedCDAM(PerturbedCDAM):
     """x_k = α_k·x + ε_k, α_k = k/m (k = 0..m−1); map_k = Σ_j T_k·∂g/∂T_k, T_k = norm1(x_k); map = mean_{k=1..m−1}.
@@ -34,7 +34,8 @@ class IntegratedCDAM(PerturbedCDAM):
     and noise_level defaults to 0.05.
 
     Args:
-        model: a timm VisionTransformer.
+        model: a timm VisionTransformer, or a "prompted_vit" model (Prompt-CAM: x = its last-block input,
+            class prompts included; y = its logit).
         n_steps: m (n for 'obzai'); default 50. Needs m ≥ 2 for the default preset.
         noise_level: relative noise scale σ_b = noise_level·(max − min) of the injected tensor per image
             (default 0.0; 0.05 with preset='obzai').

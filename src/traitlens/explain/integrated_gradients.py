@@ -63,7 +63,7 @@ def path_coefficients(method: str, n_steps: int, trapezoid_weights: str = "exact
     default_norm="none", cost="m forwards + m backwards to the pixels (expanded [B·K·m], chunked)",
     summary="Integrated gradients (right Riemann sum, m=50, zero baseline); full-resolution map in "
             "extras['pixel_maps']",
-    families=("vit", "cnn"),
+    families=("vit", "cnn", "logits"),
 )
 class IntegratedGradients(Explainer):
     """IG = (x − x′) ⊙ Σ_s w_s·∂y/∂x(x′ + α_s(x − x′)), then reduce_c (posthoc.md §12). Signed.

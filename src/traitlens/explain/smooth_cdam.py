@@ -16,7 +16,7 @@ __all__ = ["SmoothCDAM"]
     cost="1 trunk forward (no grad) + m last-block forward/backward passes, batched [B·m,N,D] and chunked; "
          "memory m·N·D per image",
     summary="Smooth CDAM: mean of CDAM over m noisy copies of the last block's input (signed)",
-    concept=True,
+    families=("vit", "prompted_vit"), concept=True,
 )
 class SmoothCDAM(PerturbedCDAM):
     """map = (1/m) Σ_{k=1..m} CDAM_g(x + ε_k), ε_k ~ N(0, σ_b²) i.i.d., σ_b = noise_level·(max x_b − min x_b).
@@ -28,7 +28,8 @@ class SmoothCDAM(PerturbedCDAM):
     noise moves T only relative to that token's own spread (σ_b is set by the range of the whole image tensor).
 
     Args:
-        model: a timm VisionTransformer.
+        model: a timm VisionTransformer, or a "prompted_vit" model (Prompt-CAM: x = its last-block input,
+            class prompts included; y = its logit).
         n_samples: m, noisy copies per image (default 50).
         noise_level: relative noise scale (default 0.05 in both presets).
         inject_at: 'block_input' (default: noise on x^(L−1)) or 'norm1_output' (noise on T, the `obzai` package;

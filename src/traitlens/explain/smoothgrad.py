@@ -61,7 +61,7 @@ class _NoiseSampler:
     default_norm="none", cost="n forwards + n backwards to the pixels (expanded [B·K·n], chunked)",
     summary="SmoothGrad: mean gradient under Gaussian input noise (σ = 0.15·range); full-resolution map in "
             "extras['pixel_maps']",
-    families=("vit", "cnn"),
+    families=("vit", "cnn", "logits"),
 )
 class SmoothGrad(Explainer):
     """SG = (1/n)·Σ_k ∂y/∂x(x + ε_k), ε_k ~ N(0, σ_b²), σ_b = noise_level·(max x_b − min x_b); then reduce_c.

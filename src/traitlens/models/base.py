@@ -63,6 +63,9 @@ class InterpretableModel(nn.Module):
     reference_selection: str = "last"
     #: key of the builder in `traitlens.backbones.loading` and of `traitlens_config["kind"]`.
     kind: str = ""
+    #: what the post-hoc methods may rely on (`traitlens.explain.model_families`, posthoc.md §0 "Model families"):
+    #: own class maps ("native") and a forward that returns logits ("logits"); subclasses add what they expose.
+    traitlens_families: tuple[str, ...] = ("native", "logits")
 
     def _init_common(self, backbone_spec: dict[str, Any] | None, options: dict[str, Any],
                      class_names: Sequence[str] | None) -> None:

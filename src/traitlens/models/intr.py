@@ -198,6 +198,8 @@ class INTR(InterpretableModel):
     """
 
     reference_selection = "last"
+    #: "cnn": `forward_features` → the backbone map [B,C_b,h,w], `forward_head` → logits (classic Grad-CAM).
+    traitlens_families = ("native", "logits", "cnn")
 
     def __init__(
         self,

@@ -122,6 +122,8 @@ class PromptCAM(InterpretableModel):
     """
 
     reference_selection = "best_val"  # the reference keeps the best top-1 measured on its test split
+    #: "prompted_vit": `backbone`, `last_block_input` and `score` let CDAM and Grad-CAM-ViT read the last block.
+    traitlens_families = ("native", "logits", "prompted_vit")
 
     def __init__(
         self,

@@ -195,6 +195,8 @@ class SCOUTER(InterpretableModel):
     """
 
     reference_selection = "last+every10"
+    #: "cnn": `forward_features` → the backbone map [B,C_b,h,w], `forward_head` → logits (classic Grad-CAM).
+    traitlens_families = ("native", "logits", "cnn")
 
     def __init__(
         self,
