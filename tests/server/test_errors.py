@@ -269,7 +269,7 @@ def test_methods_are_checked_against_the_model_before_any_work(make_client, monk
 
     import traitlens.server.service as service
     from traitlens.backbones import create_preset
-    from traitlens.explain import list_methods
+    from traitlens.explain import list_methods, method_refusal
 
     class Conv(nn.Module):
         def __init__(self) -> None:
@@ -288,11 +288,12 @@ def test_methods_are_checked_against_the_model_before_any_work(make_client, monk
     info = {m["name"]: m["methods"] for m in client.get("/api/info").json()["models"]}
     vit_only = [m.name for m in list_methods() if m.families == ("vit",)]
     assert set(vit_only) <= set(info["vit"]) and not set(vit_only) & set(info["conv"])
-    assert info["conv"] == [m.name for m in list_methods() if "cnn" in m.families]
+    # A bare module whose forward returns logits: the pixel-gradient methods (Grad-CAM needs a timm CNN's parts).
+    assert info["conv"] == ["input_x_gradient", "integrated_gradients", "smoothgrad"]
     for method in vit_only:
         r = post(client, png_bytes(), model="conv", method=method)
         assert r.status_code == 400, (method, r.text)
         msg = detail(r)
-        assert f"'{method}'" in msg and "Conv" in msg and "needs a vit model" in msg
+        assert msg == method_refusal(Conv(), method) and f"'{method}'" in msg and "[vit]" in msg
         assert all(name in msg for name in info["conv"])  # what the model does support
     assert calls == []

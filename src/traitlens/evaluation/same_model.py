@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from traitlens.evaluation._data import load_batch, trait_info
 from traitlens.evaluation.evaluate import EvalResults, evaluate
 from traitlens.evaluation.results import bootstrap_ci
-from traitlens.explain import Explanation, explain, get_method, list_methods
+from traitlens.explain import Explanation, explain, get_method, list_methods, method_refusal
 from traitlens.metrics import MetricResult, energy_share
 from traitlens.models import InterpretableModel
 from traitlens.ops.morphology import dilate
@@ -150,12 +150,15 @@ def same_model_rows(table: SameModelTable) -> tuple[list[str], list[list[Any]]]:
 
 
 def _method_refusal(model: nn.Module, name: str, x: torch.Tensor, target: torch.Tensor,
-                      **options: Any) -> str | None:
-    """Why `name` cannot run on `model` (None when it can), found by explaining one image.
+                    **options: Any) -> str | None:
+    """Why `name` cannot run on `model` (None when it can).
 
-    A refusal is a TypeError / NotImplementedError / ValueError from the method; anything else is a bug and
-    propagates. (Meant to give way to `traitlens.explain.method_refusal` once that exists.)
+    The registry's rule (`traitlens.explain.method_refusal`, the method's families against the model's) first; then
+    one probe image for refusals that depend on the options (e.g. ranked heads on a model without a ranking).
     """
+    reason = method_refusal(model, name)
+    if reason is not None:
+        return reason
     try:
         explain(model, x, method=name, target=target, **options)
     except (TypeError, NotImplementedError, ValueError) as err:

@@ -26,9 +26,11 @@ from traitlens.explain import (
     explain,
     get_method,
     list_methods,
+    method_refusal,
     parse_target_text,
     upsample_maps,
 )
+from traitlens.explain import supported_methods as explain_supported_methods
 from traitlens.explain.api import num_classes_of
 from traitlens.server._images import FORMATS, UploadError, decode_upload, sniff_format
 from traitlens.server._limits import ServerLimits
@@ -60,25 +62,9 @@ def model_family(model: nn.Module) -> str:
     return "vit" if is_vit(model) else "cnn"
 
 
-def _refuse_incompatible(model: nn.Module, method: str) -> str | None:
-    """Why `method` cannot run on `model` (one line), or None when it can: its declared families vs the model's.
-
-    A model offers its family (`model_family`) and "logits" (its forward returns logits, which pixel-gradient
-    methods need); interpretable models offer "native" + "logits".
-    """
-    # TODO(lead): use traitlens.explain.method_refusal
-    info = get_method(method)
-    offered = {model_family(model), "logits"}
-    if offered & set(info.families):
-        return None
-    fits = ", ".join(m.name for m in list_methods() if offered & set(m.families)) or "none"
-    return (f"method '{info.name}' does not run on {type(model).__name__} (a {model_family(model)} model): it needs "
-            f"a {' or '.join(info.families)} model; methods for this model: {fits}")
-
-
 def supported_methods(model: nn.Module) -> list[str]:
-    """The registered methods that run on `model` (what /api/info offers for it)."""
-    return [m.name for m in list_methods() if _refuse_incompatible(model, m.name) is None]
+    """The registered methods that run on `model` (what /api/info offers for it): the library's one rule."""
+    return [m.name for m in explain_supported_methods(model)]
 
 
 def clean_text(text: str | None, what: str) -> str:
@@ -220,7 +206,7 @@ class Server:
         """Check the form fields of /api/explain: model, method, target and contrast."""
         served = self.served(model)
         info = self.method(method)
-        refusal = _refuse_incompatible(served.model, info.name)
+        refusal = method_refusal(served.model, info.name)
         if refusal is not None:
             raise RequestError(400, refusal)
         tgt = self.target(target, served, info)
