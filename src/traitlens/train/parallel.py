@@ -61,11 +61,16 @@ def fit_on_cores(
         store = f"file://{Path(rendezvous) / 'store'}"
         workers = [ctx.Process(target=_worker, args=(rank, n, store, model, train_set, val_set, config, out,
                                                      progress, logging.getLogger("traitlens").getEffectiveLevel(),
-                                                     results), daemon=True)
+                                                     results))  # not daemons: they may start DataLoader workers
                    for rank in range(n)]
         for w in workers:
             w.start()
-        outcome = _collect(results, workers)
+        try:
+            outcome = _collect(results, workers)
+        except BaseException:  # Ctrl-C in the parent: no worker is left training
+            for w in workers:
+                w.terminate()
+            raise
         for w in workers:
             if outcome[0] != "ok":
                 w.terminate()  # a rank left waiting in a collective for a failed peer
