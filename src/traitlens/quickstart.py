@@ -62,7 +62,7 @@ class QuickstartConfig:
     n_explain: int = 4
     leaderboard_images: int = 16
     same_model_images: int = 16
-    same_model_methods: tuple[str, ...] = ("gradcam", "input_x_gradient", "cdam", "rollout", "raw_attention")
+    same_model_methods: tuple[str, ...] = ("cdam", "gradcam_vit", "gradcam", "input_x_gradient")
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
     interpretable_train: int = 4_000
     interpretable_test: int = 1_000
