@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the server tests need the 'web' extra (fastapi, python-multipart)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-from .helpers import png_bytes
+from .helpers import TinyConv, png_bytes
 
 
 def post(client, data: bytes, name: str = "upload.png", content_type: str = "image/png", **form):
@@ -173,19 +173,8 @@ def test_foreign_host_header_is_refused(make_client):
 
 def test_method_that_refuses_the_model_is_a_400(make_client, micro_model):
     """A post-hoc ViT method on a model that is no ViT answers 400 with the method's message, not 500."""
-    import torch.nn as nn
 
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.num_classes = 2
-            self.pretrained_cfg = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-            self.conv = nn.Conv2d(3, 2, 3)
-
-        def forward(self, x):
-            return self.conv(x).mean((2, 3))
-
-    r = post(make_client(models={"tiny": Tiny()}), png_bytes(), method="rollout")
+    r = post(make_client(models={"tiny": TinyConv()}), png_bytes(), method="rollout")
     assert r.status_code == 400, r.text
     assert "Tiny" in detail(r) or "ViT" in detail(r)
 
@@ -265,26 +254,15 @@ def test_a_bug_outside_explain_is_the_same_json_500(make_client, monkeypatch):
 def test_methods_are_checked_against_the_model_before_any_work(make_client, monkeypatch):
     """A method the model's family cannot run is refused up front (400, one line), and /api/info offers per model
     only the methods that pass the same check."""
-    import torch.nn as nn
-
     import traitlens.server.service as service
     from traitlens.backbones import create_preset
     from traitlens.explain import list_methods, method_refusal
 
-    class Conv(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.num_classes = 2
-            self.pretrained_cfg = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-            self.conv = nn.Conv2d(3, 2, 3)
-
-        def forward(self, x):
-            return self.conv(x).mean((2, 3))
 
     calls: list[str] = []
     real = service.explain
     monkeypatch.setattr(service, "explain", lambda *a, **k: calls.append(k["method"]) or real(*a, **k))
-    client = make_client(models={"vit": create_preset("traitlens-vit-micro", 3), "conv": Conv()})
+    client = make_client(models={"vit": create_preset("traitlens-vit-micro", 3), "conv": TinyConv()})
     info = {m["name"]: m["methods"] for m in client.get("/api/info").json()["models"]}
     vit_only = [m.name for m in list_methods() if m.families == ("vit",)]
     assert set(vit_only) <= set(info["vit"]) and not set(vit_only) & set(info["conv"])
@@ -294,6 +272,6 @@ def test_methods_are_checked_against_the_model_before_any_work(make_client, monk
         r = post(client, png_bytes(), model="conv", method=method)
         assert r.status_code == 400, (method, r.text)
         msg = detail(r)
-        assert msg == method_refusal(Conv(), method) and f"'{method}'" in msg and "[vit]" in msg
+        assert msg == method_refusal(TinyConv(), method) and f"'{method}'" in msg and "[vit]" in msg
         assert all(name in msg for name in info["conv"])  # what the model does support
     assert calls == []

@@ -10,12 +10,13 @@ import shutil
 import subprocess
 
 import pytest
-import torch.nn as nn
 
 pytest.importorskip("fastapi", reason="the server tests need the 'web' extra (fastapi, python-multipart)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from traitlens.server.routes import static_dir
+
+from .helpers import TinyConv
 
 NODE = shutil.which("node") or shutil.which("nodejs")
 
@@ -79,22 +80,10 @@ setTimeout(() => {
 """
 
 
-class Conv(nn.Module):
-    """A two-class CNN that is no ViT (only the cnn-family methods apply)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.num_classes = 2
-        self.pretrained_cfg = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-        self.conv = nn.Conv2d(3, 2, 3)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3))
-
 
 @pytest.mark.skipif(NODE is None, reason="no node binary to run the page's script")
 def test_switching_models_offers_the_methods_the_server_lists_for_that_model(make_client, micro_model, tmp_path):
-    client = make_client(models={"micro": micro_model, "conv": Conv()})
+    client = make_client(models={"micro": micro_model, "conv": TinyConv()})
     info = client.get("/api/info").json()
     listed = {m["name"]: m["methods"] for m in info["models"]}
     assert listed["micro"] != listed["conv"]
