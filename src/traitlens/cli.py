@@ -5,16 +5,13 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from PIL import Image
 
 from traitlens.models import list_model_kinds
 from traitlens.quickstart import QuickstartConfig, run_quickstart
-
-if TYPE_CHECKING:
-    from traitlens.data import CUBDataset, ImageFolderDataset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="traitlens: make Vision Transformer classifiers explain themselves.")
@@ -66,22 +63,6 @@ def data_traitshapes(
     typer.echo(f"wrote {export_cub(train, out, test=test)}")
 
 
-def _file_dataset(root: Path, split: str, size: tuple[int, int]) -> CUBDataset | ImageFolderDataset:
-    from traitlens.data import CUBDataset, ImageFolderDataset, detect_layout, split_folders
-    from traitlens.data.transforms import Resize
-
-    resize = Resize(size)
-    if detect_layout(root) == "cub":
-        return CUBDataset(root, split=split, transform=resize, with_masks=False)
-    names = set(split_folders(root))
-    if split == "train" and "train" in names:
-        return ImageFolderDataset(root, "train", transform=resize)
-    for candidate in ("val", "test"):
-        if split == "test" and candidate in names:
-            return ImageFolderDataset(root, candidate, transform=resize)
-    raise typer.BadParameter(f"{root}: expected a CUB layout (images.txt) or ImageFolder with train/ and val/ or test/")
-
-
 #: `linear` / `finetune` train any timm classifier; every registered interpretable model kind is a mode too.
 TRAIN_MODES = ("linear", "finetune", *(kind.name for kind in list_model_kinds()))
 
@@ -89,7 +70,8 @@ TRAIN_MODES = ("linear", "finetune", *(kind.name for kind in list_model_kinds())
 @app.command()
 def train(
     mode: str = typer.Argument(..., help=" | ".join(TRAIN_MODES)),
-    data: Path = typer.Option(..., help="CUB-layout folder (images.txt) or ImageFolder with train/ and val/."),
+    data: Path = typer.Option(..., help="CUB-layout folder (images.txt), or ImageFolder: train/ (+ val/) (+ test/), "
+                                        "or class folders only."),
     model: str = typer.Option("traitlens-vit-tiny", "--model", "--backbone",
                               help="timm name, hf-hub: id, preset or model folder (the backbone for "
                                    "promptcam/intr/scouter)."),
@@ -97,10 +79,25 @@ def train(
     epochs: int = typer.Option(0, help="Epochs (0 = the recipe's default)."),
     lr: float = typer.Option(0.0, help="Learning rate (0 = the recipe's default)."),
     batch_size: int = typer.Option(0, help="Batch size (0 = the recipe's default)."),
-    recipe: str = typer.Option("quick", help="Interpretable models: 'quick' (small CPU runs) or 'reference'."),
-    pretrained: bool = typer.Option(False, help="Fetch published weights for a timm name (needs network)."),
-    img_size: int = typer.Option(0, help="Input size; 0 = the model's own."),
-    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+    recipe: str = typer.Option("quick", help="Interpretable models: 'quick' (small CPU runs: the quickstart's model "
+                                             "options and recipe) or 'reference' (the paper's)."),
+    pretrained: bool = typer.Option(True, help="Published weights for a timm / hf-hub: name (from the Hugging Face "
+                                               "hub or its cache); --no-pretrained builds it randomly. Model folders "
+                                               "and presets ignore it."),
+    allow_random_backbone: bool = typer.Option(False, help="Allow a frozen backbone without trained weights "
+                                                           "(linear / promptcam on a preset or --no-pretrained)."),
+    model_arg: list[str] = typer.Option(None, "--model-arg", help="KEY=VALUE constructor option, repeatable, values "
+                                                                  "as JSON (hidden_dim=64, variant=shallow)."),
+    model_config: Path | None = typer.Option(None, help="JSON object of constructor options (--model-arg overrides)."),
+    img_size: int = typer.Option(0, help="ViT input size (a model folder's position embedding is resampled); "
+                                         "0 = the model's own."),
+    val_fraction: float = typer.Option(0.1, help="Without a val/ folder: the share of every class held out of "
+                                                 "train to select the checkpoint on (0 = none: keep the last "
+                                                 "epoch). The test split is never used to select."),
+    split_seed: int = typer.Option(0, help="Seed of the held-out validation draw."),
+    workers: int = typer.Option(0, help="DataLoader worker processes (0 = load in the training process)."),
+    resume: bool = typer.Option(False, help="Continue the run in OUT (same settings and data)."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in OUT (default: refuse)."),
     amp: bool = typer.Option(True, help="Mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16."),
     augment_flip: bool = typer.Option(False, help="Random left-right flips of the training images."),
     augment_shift: int = typer.Option(0, help="Random translations of the training images by up to this many px."),
@@ -108,41 +105,49 @@ def train(
 ) -> None:
     """Train a classifier: `linear` probe or `finetune` of a timm model, or an interpretable model on a backbone.
 
+    The checkpoint is selected on validation (val/, or a stratified share of train); the test split is scored once,
+    for that checkpoint, at the end (metrics.json records both).
+
     Example: traitlens train finetune --data data/ts --model traitlens-vit-tiny --epochs 10 --out runs/ts
     Example: traitlens train promptcam --data data/ts --backbone runs/ts/best --out runs/pcam
+    Example: traitlens train intr --data data/ts --backbone runs/ts/best --model-arg dec_layers=1 --out runs/intr
     Distributed: torchrun --nproc-per-node 2 -m traitlens train finetune --data data/ts ...
     """
     from dataclasses import replace
 
     import torch
 
-    from traitlens.backbones import data_config, load_model
-    from traitlens.train import FitConfig, fit
+    from traitlens.backbones import data_config
+    from traitlens.data import open_splits
+    from traitlens.models.build import build_classifier, parse_model_options
+    from traitlens.train import FitConfig
     from traitlens.train.distributed import distributed_from_env
+    from traitlens.train.run import prepare_run_dir, train_and_test
 
     if mode not in TRAIN_MODES:
         raise typer.BadParameter(f"unknown mode '{mode}'; choose from {', '.join(TRAIN_MODES)}")
-    probe = _file_dataset(data, "train", (img_size, img_size) if img_size else (224, 224))
-    num_classes, class_names = len(probe.classes), list(probe.classes)
-    extra: dict[str, Any] = {"img_size": img_size} if img_size else {}
+    options = parse_model_options(model_arg or [], model_config)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    class_names = open_splits(data, None, val_fraction, split_seed).classes
     with distributed_from_env() as device:
         torch.manual_seed(seed)  # identical initial weights on every rank
+        net = build_classifier(mode, model, len(class_names), class_names, pretrained=pretrained, options=options,
+                               recipe=recipe, img_size=img_size, allow_random_backbone=allow_random_backbone)
         if mode in ("linear", "finetune"):
-            net = load_model(model, num_classes=num_classes, pretrained=pretrained, class_names=class_names, **extra)
             cfg = FitConfig(mode=mode, seed=seed)
         else:
-            from traitlens.models import build_interpretable, recommended_fit_config
+            from traitlens.models import recommended_fit_config
 
-            net = build_interpretable(mode, model, num_classes, class_names=class_names, pretrained=pretrained)
             cfg = recommended_fit_config(mode, recipe, seed=seed)
         overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
-        cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, **overrides)
+        cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, num_workers=workers,
+                      **overrides)
         net = net.to(device)
-        size = tuple(data_config(net)["input_size"][1:])
-        train_set, val_set = _file_dataset(data, "train", size), _file_dataset(data, "test", size)
-        res = fit(net, train_set, val_set, cfg, out=out, resume=resume)
-    if res.best_val_acc is not None and res.best_dir is not None:
-        typer.echo(f"best val accuracy {res.best_val_acc:.3f}; model in {res.best_dir}")
+        splits = open_splits(data, tuple(data_config(net)["input_size"][1:]), val_fraction, split_seed)
+        log.info("%s: %s", data, splits.describe())
+        res = train_and_test(net, splits.train, splits.val, splits.test, cfg, out, data=splits.summary(),
+                             resume=resume)
+    typer.echo(res.summary_line())
 
 
 @app.command()

@@ -45,8 +45,13 @@ def test_saved_conversion_reloads_without_transformers_download(tmp_path) -> Non
     assert torch.equal(again(x), model(x))
 
 
-def test_wrong_model_type_and_offline_hub_are_clear_errors() -> None:
+def test_wrong_model_type_and_offline_hub_are_clear_errors(monkeypatch, tmp_path) -> None:
+    from tests.backbones.hubtools import fake_hub
+
     with pytest.raises(TypeError, match="ViTForImageClassification"):
         from_hf_vit(torch.nn.Linear(2, 2))
-    with pytest.raises(ModelLoadError, match="could not load HF model"):
+    fake_hub(monkeypatch, reachable=False, cache=tmp_path / "hub")
+    with pytest.raises(ModelLoadError, match=r"cannot load the HF model 'this-org-does-not-exist/nor-this-model': "
+                                             r"huggingface\.co:443 cannot be reached and no copy is in the Hugging "
+                                             r"Face cache"):
         load_model("hf:this-org-does-not-exist/nor-this-model")

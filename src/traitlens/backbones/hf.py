@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from traitlens.backbones.builders import ModelLoadError, attach_config, register_builder
+from traitlens.backbones.hub import hub_access
 
 __all__ = ["from_hf_vit", "load_hf_vit"]
 
@@ -105,13 +107,21 @@ def from_hf_vit(hf_model: nn.Module, class_names: list[str] | None = None) -> Vi
 
 
 def load_hf_vit(model_id: str) -> VisionTransformer:
-    """Fetch `model_id` from the HF hub (or its local cache/folder) and convert it."""
+    """Fetch `model_id` from the HF hub (or its local cache/folder) and convert it.
+
+    Offline (`HF_HUB_OFFLINE`, or the hub unreachable) a hub id loads from the cache or fails at once
+    (`hub_access`), instead of after the hub client's retries.
+    """
     try:
         from transformers import ViTForImageClassification
     except ImportError as err:
         raise ModelLoadError("loading 'hf:' models needs the hf extra: pip install 'traitlens[hf]'") from err
     try:
-        hf_model = ViTForImageClassification.from_pretrained(model_id)
+        if Path(model_id).is_dir():
+            hf_model = ViTForImageClassification.from_pretrained(model_id)
+        else:
+            with hub_access(f"the HF model '{model_id}'", hint=", or a folder written by save_pretrained"):
+                hf_model = ViTForImageClassification.from_pretrained(model_id)
     except OSError as err:
         raise ModelLoadError(f"could not load HF model '{model_id}': {str(err).splitlines()[0]} "
                              "(offline? pass a local folder saved with save_pretrained)") from err

@@ -8,8 +8,16 @@ transforms, trainers and metrics serves TraitShapes, CUB-layout folders and Imag
 
 from traitlens.data.errors import DataError
 from traitlens.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist, read_idx
-from traitlens.data.folders import IMAGE_EXTENSIONS, CUBDataset, ImageFolderDataset, TraitTable, load_image
+from traitlens.data.folders import (
+    IMAGE_EXTENSIONS,
+    CUBDataset,
+    ImageFolderDataset,
+    TraitTable,
+    class_names_from_folders,
+    load_image,
+)
 from traitlens.data.layout import LAYOUTS, SPLIT_NAMES, Layout, detect_layout, split_folders
+from traitlens.data.splits import DataSplits, SubsetDataset, open_splits, stratified_split
 from traitlens.data.traitshapes import (
     PART_NAMES,
     PRESETS,
@@ -54,6 +62,7 @@ __all__ = [
     "CenterCrop",
     "Compose",
     "DataError",
+    "DataSplits",
     "FashionMNIST",
     "ImageFolderDataset",
     "InMemoryDataset",
@@ -61,6 +70,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "Resize",
+    "SubsetDataset",
     "ToTensor",
     "TraitShapes",
     "TraitShapesConfig",
@@ -68,6 +78,7 @@ __all__ = [
     "TraitTable",
     "class_mask",
     "class_names",
+    "class_names_from_folders",
     "class_traits",
     "colour_histogram_baseline",
     "detect_layout",
@@ -78,9 +89,11 @@ __all__ = [
     "load_fashion_mnist",
     "load_image",
     "materialize",
+    "open_splits",
     "read_idx",
     "render",
     "sample_label",
     "sibling_pairs",
     "split_folders",
+    "stratified_split",
 ]

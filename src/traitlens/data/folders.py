@@ -28,12 +28,29 @@ from traitlens.data.layout import _is_split_tree, _subdirs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "CUBDataset", "ImageFolderDataset", "TraitTable", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "CUBDataset", "ImageFolderDataset", "TraitTable", "class_names_from_folders",
+           "load_image"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 """File suffixes (case-insensitive) that ``ImageFolderDataset`` picks up."""
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+_ORDER_PREFIX = re.compile(r"^\d+\.")
+
+
+def class_names_from_folders(folders: list[str]) -> list[str]:
+    """Class names from class folder names: a numeric ordering prefix is dropped (``001.Black_footed_Albatross``
+    becomes ``Black_footed_Albatross``), the rest is kept as written.
+
+    The one rule of both loaders, so a CUB folder read through ``classes.txt`` and the same images arranged as an
+    ImageFolder tree give a model the same class names. When dropping the prefixes would leave an empty or a
+    repeated name (``1.cat``, ``2.cat``), every folder name is kept whole.
+    """
+    stripped = [_ORDER_PREFIX.sub("", name) for name in folders]
+    if all(stripped) and len(set(stripped)) == len(stripped):
+        return stripped
+    return list(folders)
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -66,7 +83,11 @@ def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 class _FileDataset(Dataset):
-    """Shared loading with the ``skip_bad`` policy: error naming the file, or warn and skip."""
+    """Shared loading with the ``skip_bad`` policy: error naming the file, or warn and skip.
+
+    Subclasses also expose ``targets`` (every item's label, read from the index, no image decoded) and ``files``
+    (every item's path relative to its image folder), e.g. to split a data set by class without loading it.
+    """
 
     def __init__(self, transform: Transform | None, skip_bad: bool) -> None:
         self.transform = transform
@@ -102,7 +123,11 @@ class _FileDataset(Dataset):
 
 
 class ImageFolderDataset(_FileDataset):
-    """Images in ``root/<class>/*`` (or ``root/<split>/<class>/*``), labels from sorted class names.
+    """Images in ``root/<class>/*`` (or ``root/<split>/<class>/*``), labels from the sorted class folder names.
+
+    ``folders`` are the class folder names in label order, ``classes`` the class names made from them by
+    ``class_names_from_folders`` (``001.Black_footed_Albatross`` → ``Black_footed_Albatross``, as the CUB loader
+    names it).
 
     Args:
         root: the folder of class folders, or of split folders ``train/``, ``val/``, ``test/``.
@@ -132,13 +157,14 @@ class ImageFolderDataset(_FileDataset):
         elif _is_split_tree(subdirs):
             raise DataError(f"{root} holds split folders {subdirs}; pass split= one of them")
         self.root = root
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        if not self.classes:
+        self.folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not self.folders:
             raise DataError(f"no class folders in {root}")
+        self.classes = class_names_from_folders(self.folders)
         self.num_classes = len(self.classes)
         self.samples: list[tuple[Path, int]] = [
             (path, label)
-            for label, name in enumerate(self.classes)
+            for label, name in enumerate(self.folders)
             for path in sorted((root / name).rglob("*"))
             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
         ]
@@ -147,6 +173,16 @@ class ImageFolderDataset(_FileDataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every item, in item order."""
+        return [label for _, label in self.samples]
+
+    @property
+    def files(self) -> list[str]:
+        """Every item's path relative to ``root`` (``<class folder>/<file>``), in item order."""
+        return [path.relative_to(self.root).as_posix() for path, _ in self.samples]
 
     def _load(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
@@ -208,7 +244,9 @@ class CUBDataset(_FileDataset):
     CUB masks thresholded at 128) and ``part_masks/<path>.png`` (a label map of 1-based part ids).
     With a ``traits.json`` (TraitShapes) it exposes the class trait table as ``trait_table`` and adds
     ``trait_masks`` and ``traits`` to items that have part masks; without it ``trait_table`` is None.
-    Ids are 1-based; labels are ``class_id - 1``.
+    Ids are 1-based; labels are ``class_id - 1``. Class names are the ``classes.txt`` names through
+    ``class_names_from_folders`` (``001.Black_footed_Albatross`` → ``Black_footed_Albatross``), or the
+    TraitShapes names of ``traits.json``.
 
     Args:
         root: the folder holding ``images.txt`` and ``images/``.
@@ -239,7 +277,7 @@ class CUBDataset(_FileDataset):
         labels = {int(i): int(c) - 1 for i, c in _read_table(root / "image_class_labels.txt", 2)}
         is_train = {int(i): t == "1" for i, t in _read_table(root / "train_test_split.txt", 2)}
         class_rows = sorted((int(i), name) for i, name in _read_table(root / "classes.txt", 2))
-        self.classes = [re.sub(r"^\d+\.", "", name) for _, name in class_rows]
+        self.classes = class_names_from_folders([name for _, name in class_rows])
         boxes_file = root / "bounding_boxes.txt"
         self._boxes = (
             {int(r[0]): [float(v) for v in r[1:]] for r in _read_table(boxes_file, 5)} if boxes_file.is_file() else {}
@@ -316,6 +354,16 @@ class CUBDataset(_FileDataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every item, in item order."""
+        return [self._labels[i] for i in self.ids]
+
+    @property
+    def files(self) -> list[str]:
+        """Every item's path relative to ``images/`` (as in ``images.txt``), in item order."""
+        return [self._paths[i] for i in self.ids]
 
     def _load(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]

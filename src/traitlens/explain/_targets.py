@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TargetSpec", "parse_target_text", "score_space", "target_scores"]
+__all__ = ["TargetSpec", "class_index", "parse_target_text", "score_space", "target_scores"]
 
 TARGET_SPACES = ("logit", "prob", "log_prob")
 
@@ -91,10 +92,7 @@ class TargetSpec:
         if isinstance(t, str):
             if self.class_names is None:
                 raise ValueError(f"target '{t}' is a class name but the model carries no class names")
-            if t not in self.class_names:
-                raise ValueError(f"unknown class name '{t}'; known: {', '.join(self.class_names[:20])}"
-                                 + (" ..." if len(self.class_names) > 20 else ""))
-            return self.class_names.index(t)
+            return class_index(t, self.class_names)
         raise TypeError(f"unsupported target {t!r}")
 
     def _checked(self, ids: torch.Tensor) -> torch.Tensor:
@@ -141,12 +139,49 @@ class TargetSpec:
         return [[self.class_names[int(t)] for t in row] for row in targets.tolist()]
 
 
+def _key(name: str) -> str:
+    """A class name compared loosely: case, underscores, hyphens and runs of spaces ignored."""
+    return " ".join(re.sub(r"[_\-]", " ", name).casefold().split())
+
+
+def class_index(name: str, class_names: Sequence[str]) -> int:
+    """The index of a class named `name` in `class_names`, accepting unambiguous variants of its spelling.
+
+    In order: the exact name; the one name equal to it up to case, underscores, hyphens and spaces
+    (`"black footed albatross"` for `"Black_footed_Albatross"`); the one class with it among its comma-separated
+    synonyms, as ImageNet names are written (`"tabby cat"` for `"tabby, tabby cat"`).
+
+    Raises:
+        ValueError: no class matches (with "did you mean" for close names), or the name fits several classes.
+    """
+    names = list(class_names)
+    if name in names:
+        return names.index(name)
+    key = _key(name)
+    whole = [i for i, n in enumerate(names) if _key(n) == key]
+    synonyms = [i for i, n in enumerate(names) if key in {_key(part) for part in n.split(",")}]
+    for found in (whole, synonyms):
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = "; ".join(f"{i}: '{names[i]}'" for i in found[:5])
+            raise ValueError(f"class name '{name}' fits {len(found)} classes ({listed}); give the full name or index")
+    spellings = {_key(part): n for n in names for part in [n, *n.split(",")] if part.strip()}
+    close = list(dict.fromkeys(spellings[k] for k in difflib.get_close_matches(key, list(spellings), n=3,
+                                                                               cutoff=0.6)))
+    if close:
+        raise ValueError(f"unknown class name '{name}'; did you mean {' or '.join(repr(n) for n in close)}?")
+    raise ValueError(f"unknown class name '{name}'; known: {', '.join(names[:20])}"
+                     + (" ..." if len(names) > 20 else ""))
+
+
 def parse_target_text(text: str, class_names: Sequence[str] | None = None) -> str | int | list[int | str]:
     """Target text as typed on a command line or in a form → a `TargetSpec` request (posthoc.md §0).
 
     'top1' (also for blank text) and 'topk:K' stay strings, an integer ('5', '-1') becomes a class id, one of
-    `class_names` stays that name (even with a comma in it), 'a,b' becomes a list with one entry per image
-    (each an id or a name), anything else is a class name. Ranges and names are checked by `TargetSpec`.
+    `class_names` stays that name (even with a comma in it; compared as `class_index` does), 'a,b' becomes a
+    list with one entry per image (each an id or a name), anything else is a class name. Ranges and names are
+    checked by `TargetSpec`.
 
     Raises:
         ValueError: 'topk:K' without an integer K, or a list with an empty entry.
@@ -162,7 +197,7 @@ def parse_target_text(text: str, class_names: Sequence[str] | None = None) -> st
         return t
     if _INTEGER.fullmatch(t):
         return int(t)
-    if (class_names and t in class_names) or "," not in t:
+    if "," not in t or (class_names and _key(t) in {_key(n) for n in class_names}):
         return t
     items = [item.strip() for item in t.split(",")]
     if not all(items):

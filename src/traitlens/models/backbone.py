@@ -72,7 +72,8 @@ def build_backbone(
             model directory, `"detr_r50"` (INTR's reference backbone, models.md §2.1), an `nn.Module`, or a
             rebuild recipe dict (what `load_model` passes; never fetches weights).
         pretrained: fetch published weights for a timm name (ignored for the other forms).
-        backbone_args: extra `timm.create_model` arguments (e.g. `img_size=64`, `dynamic_img_size=True`).
+        backbone_args: extra `timm.create_model` arguments (e.g. `img_size=64`, `dynamic_img_size=True`); for a
+            preset or a model directory they change its own (`load_model`).
 
     Returns:
         (module with `num_classes=0`, JSON-able rebuild recipe or None, whether it came with weights).
@@ -91,10 +92,10 @@ def build_backbone(
     elif str(backbone) == "detr_r50":
         module, spec, with_weights = DETRResNet50(), {"kind": "detr_r50"}, False
     elif str(backbone) in PRESETS:
-        module = create_preset(str(backbone), 0)
+        module = create_preset(str(backbone), 0, model_args=args)
         spec, with_weights = dict(module.traitlens_config), False
     elif Path(backbone).is_dir():
-        module = load_model(backbone)
+        module = load_model(backbone, **args)
         spec = dict(getattr(module, "traitlens_config", {}) or {})
         if spec.get("kind", "timm") != "timm":
             raise ModelLoadError(f"{backbone} holds a '{spec.get('kind')}' model; a backbone must be a timm model")
