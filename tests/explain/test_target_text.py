@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from traitlens.explain import parse_target_text
@@ -49,3 +51,51 @@ def test_huge_class_ids_are_a_value_error(spec, num_classes) -> None:
     batch = len(spec) if isinstance(spec, list) else 2
     with pytest.raises(ValueError, match=r"target -?10000000000"):
         TargetSpec(spec, batch, num_classes)
+
+
+IMAGENET_LIKE = ["tabby, tabby cat", "tiger cat", "Egyptian cat", "crane", "crane, derrick", "Black_footed_Albatross"]
+
+
+@pytest.mark.parametrize(("name", "index"), [
+    ("tabby, tabby cat", 0),          # the exact name
+    ("tabby cat", 0),                 # one of its comma-separated synonyms
+    ("TABBY", 0),                     # a synonym, up to case
+    ("tiger cat", 1),
+    ("egyptian  cat", 2),             # case and spaces
+    ("black footed albatross", 5),    # underscores as spaces
+    ("black-footed albatross", 5),    # hyphens too
+    ("crane", 3),                     # an exact name wins over a synonym of another class
+    ("Crane ", 3),                    # and so does a whole name up to case
+])
+def test_class_names_accept_unambiguous_variants(name, index) -> None:
+    from traitlens.explain import TargetSpec
+
+    assert TargetSpec(name, 1, len(IMAGENET_LIKE), IMAGENET_LIKE).fixed.tolist() == [[index]]
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("tabby kat", "unknown class name 'tabby kat'; did you mean 'tabby, tabby cat'?"),
+    ("tigr cat", "unknown class name 'tigr cat'; did you mean 'tiger cat' or 'Egyptian cat'?"),
+    ("derick", "unknown class name 'derick'; did you mean 'crane, derrick'?"),
+    ("zzzz", "unknown class name 'zzzz'; known: tabby, tabby cat, tiger cat"),
+])
+def test_class_name_near_misses_say_what_was_meant(name, message) -> None:
+    from traitlens.explain._targets import class_index
+
+    with pytest.raises(ValueError, match="^" + re.escape(message)) as err:
+        class_index(name, IMAGENET_LIKE)
+    assert "\n" not in str(err.value)
+
+
+def test_a_name_that_fits_several_classes_is_refused() -> None:
+    from traitlens.explain._targets import class_index
+
+    names = ["crane, derrick", "crane, grus", "heron"]
+    with pytest.raises(ValueError, match=r"class name 'Crane' fits 2 classes \(0: 'crane, derrick'; 1: 'crane, "
+                                         r"grus'\); give the full name or index"):
+        class_index("Crane", names)
+
+
+def test_a_full_name_typed_loosely_stays_one_target() -> None:
+    assert parse_target_text("Tabby, Tabby cat", IMAGENET_LIKE) == "Tabby, Tabby cat"
+    assert parse_target_text("tabby cat, tiger cat", IMAGENET_LIKE) == ["tabby cat", "tiger cat"]
