@@ -141,6 +141,9 @@ def test_a_run_folder_is_never_overwritten_by_accident(cub, tmp_path, monkeypatc
     assert last_line(err) == (f"error: {out} already holds a run (checkpoint.pt, metrics.json, metrics.csv, best); "
                               "pass --overwrite to replace it, --resume to continue it, or another --out")
     assert {name: (out / name).read_bytes() for name in before} == before
+    code, _, err = run(monkeypatch, capsys, *args, "--epochs", "1", "--overwrite", "--model-arg", "depht=3")
+    assert code == 2 and "unexpected keyword argument 'depht'" in last_line(err)
+    assert {name: (out / name).read_bytes() for name in before} == before  # a run that cannot start deletes nothing
     (out / "epoch_10").mkdir()
     (out / "notes.txt").write_text("mine")
     code, _, err = run(monkeypatch, capsys, *args, "--epochs", "1", "--overwrite", "--seed", "1")

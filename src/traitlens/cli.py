@@ -106,7 +106,7 @@ def train(
     """Train a classifier: `linear` probe or `finetune` of a timm model, or an interpretable model on a backbone.
 
     The checkpoint is selected on validation (val/, or a stratified share of train); the test split is scored once,
-    for that checkpoint, at the end (metrics.json records both).
+    for that checkpoint, at the end (metrics.json records both; docs/training.md).
 
     Example: traitlens train finetune --data data/ts --model traitlens-vit-tiny --epochs 10 --out runs/ts
     Example: traitlens train promptcam --data data/ts --backbone runs/ts/best --out runs/pcam
@@ -122,12 +122,12 @@ def train(
     from traitlens.models.build import build_classifier, parse_model_options
     from traitlens.train import FitConfig
     from traitlens.train.distributed import distributed_from_env
-    from traitlens.train.run import prepare_run_dir, train_and_test
+    from traitlens.train.run import check_run_dir, clear_run_dir, train_and_test
 
     if mode not in TRAIN_MODES:
         raise typer.BadParameter(f"unknown mode '{mode}'; choose from {', '.join(TRAIN_MODES)}")
     options = parse_model_options(model_arg or [], model_config)
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    replaced = check_run_dir(out, overwrite=overwrite, resume=resume)
     class_names = open_splits(data, None, val_fraction, split_seed).classes
     with distributed_from_env() as device:
         torch.manual_seed(seed)  # identical initial weights on every rank
@@ -145,6 +145,7 @@ def train(
         net = net.to(device)
         splits = open_splits(data, tuple(data_config(net)["input_size"][1:]), val_fraction, split_seed)
         log.info("%s: %s", data, splits.describe())
+        clear_run_dir(replaced)
         res = train_and_test(net, splits.train, splits.val, splits.test, cfg, out, data=splits.summary(),
                              resume=resume)
     typer.echo(res.summary_line())

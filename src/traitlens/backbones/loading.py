@@ -219,7 +219,7 @@ def _fit_position_embedding(model: nn.Module, state: dict[str, torch.Tensor]) ->
     from timm.layers import resample_abs_pos_embed
     from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(model, VisionTransformer) or "pos_embed" not in state:
+    if not isinstance(model, VisionTransformer) or model.pos_embed is None or "pos_embed" not in state:
         return state
     old, new = state["pos_embed"], model.pos_embed
     if old.shape == new.shape:

@@ -1,6 +1,7 @@
 """A training run in its own folder: never over an earlier run by accident, selected on validation, tested once.
 
-`prepare_run_dir` refuses a folder that already holds a run unless asked to replace it (or to resume it).
+`check_run_dir` refuses a folder that already holds a run unless asked to replace it (`clear_run_dir`, once the
+new run is built) or to resume it.
 `train_and_test` fits on the training split, keeps the checkpoint the recipe selects on the validation split, and
 scores that checkpoint once on the test split. The run's `metrics.json` then holds, besides the epochs, which images
 validated it and the test accuracy:
@@ -31,7 +32,7 @@ from traitlens._io import atomic_write
 from traitlens.backbones.loading import load_model
 from traitlens.train.trainer import CHECKPOINT_NAME, FitConfig, FitResult, evaluate_accuracy, fit
 
-__all__ = ["RUN_FILES", "RunExistsError", "RunResult", "prepare_run_dir", "train_and_test"]
+__all__ = ["RUN_FILES", "RunExistsError", "RunResult", "check_run_dir", "clear_run_dir", "train_and_test"]
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,20 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> None:
-    """Check that `out` may take a new run; with `overwrite`, delete the earlier run's files (only those).
+def check_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> list[Path]:
+    """Check that `out` may take a new run, before anything is built; returns the earlier run's files that
+    `overwrite` replaces (`clear_run_dir` deletes them once the new run is ready to start).
 
     Args:
         out: the run folder.
-        overwrite: replace a run already there: its checkpoint, metrics, `best/` and `epoch_N/` are deleted, any
-            other file is left alone.
+        overwrite: replace a run already there: its checkpoint, metrics, `best/` and `epoch_N/`; any other file
+            stays.
         resume: continue the run there (`fit(resume=True)` checks that its settings and data match).
 
     Raises:
         RunExistsError: `out` holds a run and neither `overwrite` nor `resume` is set.
         ValueError: both `overwrite` and `resume`.
+        NotADirectoryError: `out` is a file.
     """
     out = Path(out)
     if overwrite and resume:
@@ -75,18 +78,24 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     if resume:
-        return
+        return []
     existing = _run_files(out)
-    if not existing:
+    if existing and not overwrite:
+        raise RunExistsError(f"{out} already holds a run ({', '.join(p.name for p in existing)}); pass --overwrite "
+                             "to replace it, --resume to continue it, or another --out")
+    return existing
+
+
+def clear_run_dir(files: list[Path]) -> None:
+    """Delete the earlier run's files `check_run_dir` returned (on rank 0 only under torchrun)."""
+    if not files or not _is_main_process():
         return
-    names = ", ".join(p.name for p in existing)
-    if not overwrite:
-        raise RunExistsError(f"{out} already holds a run ({names}); pass --overwrite to replace it, --resume to "
-                             "continue it, or another --out")
-    if _is_main_process():
-        for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        log.info("--overwrite: removed the earlier run in %s (%s)", out, names)
+    for path in files:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    log.info("--overwrite: removed the earlier run in %s (%s)", files[0].parent, ", ".join(p.name for p in files))
 
 
 @dataclass
@@ -148,7 +157,7 @@ def train_and_test(model: nn.Module, train_set: Dataset, val_set: Dataset | None
         model: the classifier; left holding the last epoch's weights.
         train_set, val_set, test_set: the splits; `val_set` None keeps the last epoch, `test_set` None skips the test.
         config: the recipe.
-        out: the run folder (checked beforehand by `prepare_run_dir`).
+        out: the run folder (checked beforehand by `check_run_dir`).
         data: what to record about the data in metrics.json (`DataSplits.summary()`).
         resume: continue from `out/checkpoint.pt`.
         progress: progress bars.
