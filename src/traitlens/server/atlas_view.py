@@ -92,7 +92,12 @@ def _nums(d: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def _data_url(at: Atlas, rel: str) -> str:
-    return "data:image/png;base64," + base64.b64encode(at.image(rel)).decode("ascii")
+    try:
+        data = at.image(rel)
+    except (KeyError, OSError) as err:  # a folder edited or emptied after start-up
+        log.warning("atlas image %s: %s", rel, err)
+        raise HTTPException(404, f"an image of this atlas is missing from its folder: {rel[:200]}") from err
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _summary(name: str, at: Atlas) -> dict[str, Any]:
