@@ -212,3 +212,24 @@ def test_native_prompt_cam_ranks_the_exemplar_heads(setup4):
     x = tl.normalize(net, data[e.index]["image"][None])
     assert [h for h, _ in e.heads] == rank_heads(net, x, c.index, k=0).order[0].tolist()
     assert len({f for _, f in e.heads}) == R
+
+
+def test_cli_writes_the_pages_and_refuses_a_method_that_does_not_run(setup_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from traitlens.backbones import save_model
+    from traitlens.cli import app
+
+    model, _ = setup_factory(n=2, num_classes=4)
+    model_dir = save_model(model, tmp_path / "best")
+    runner = CliRunner()
+    result = runner.invoke(app, ["atlas", "--model", str(model_dir), "--data", "traitshapes:8", "--max-per-class",
+                                 "1", "--out", str(tmp_path / "atlas"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "4 images, 4 classes" in result.output and "of 4 classes" in result.output
+    assert (tmp_path / "atlas" / "index.html").is_file() and len(list((tmp_path / "atlas" / "classes").iterdir())) == 4
+    assert Atlas.load(tmp_path / "atlas").model == "best"
+    refused = runner.invoke(app, ["atlas", "--model", str(model_dir), "--data", "traitshapes:8", "--method", "native",
+                                  "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "error: method 'native' does not run on VisionTransformer" in refused.output
+    assert not (tmp_path / "x").exists()
