@@ -15,14 +15,14 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server tests need the 'web' extra (fastapi, python-multipart)")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from traitlens.backbones import load_model, save_model  # noqa: E402
-from traitlens.evaluation import Atlas, atlas  # noqa: E402
-from traitlens.server import ServerLimits, create_app  # noqa: E402
-from traitlens.server.atlas_view import find_atlases, load_atlases  # noqa: E402
+from traitlens.backbones import load_model, save_model
+from traitlens.evaluation import Atlas, atlas
+from traitlens.server import ServerLimits, create_app
+from traitlens.server.atlas_view import find_atlases, load_atlases
 
-from .helpers import decode_data_url  # noqa: E402
+from .helpers import decode_data_url
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def _explain_batch(model: nn.Module, device: torch.device, batch: Batch, method:
         if n_runners:
             rec["contrast"] = _shares((raw[:, :1] - raw[:, 1:]).clamp_min(0), masks)
         if exp.head_maps is not None:
-            up = upsample_maps(exp.head_maps[:, 0].detach().double().cpu(), tuple(raw.shape[-2:]), "nearest")
+            up = upsample_maps(exp.head_maps[:, 0].detach().double().cpu(), (raw.shape[-2], raw.shape[-1]), "nearest")
             rec["heads"] = _shares(up.clamp_min(0), masks)
     return rec
 
