@@ -142,7 +142,8 @@ def test_resume_after_a_kill_gives_identical_files(setup4, tmp_path):
     # Another method (or model, or selection) in the same folder is refused, not mixed; resume=False starts over.
     with pytest.raises(AtlasResumeError, match="differs in: method"):
         atlas(model, data, "gradcam_vit", resumed, batch_size=3, progress=False)
-    fresh = atlas(model, data, "gradcam_vit", resumed, batch_size=3, progress=False, resume=False)
+    fresh = atlas(model, data, "gradcam_vit", resumed, batch_size=3, progress=False, resume=False, classes=[0],
+                  exemplars=0)
     assert fresh.method == "gradcam_vit" and Atlas.load(resumed).method == "gradcam_vit"
 
 
@@ -212,6 +213,47 @@ def test_native_prompt_cam_ranks_the_exemplar_heads(setup4):
     x = tl.normalize(net, data[e.index]["image"][None])
     assert [h for h, _ in e.heads] == rank_heads(net, x, c.index, k=0).order[0].tolist()
     assert len({f for _, f in e.heads}) == R
+
+
+@pytest.mark.parametrize(("kind", "ranking", "n_heads"), [("intr", "index", 2), ("scouter", None, 0)])
+def test_native_intr_and_scouter(setup4, kind, ranking, n_heads):
+    from traitlens.backbones import create_preset
+    from traitlens.models import INTR, SCOUTER
+
+    _, data = setup4
+    torch.manual_seed(0)
+    backbone = create_preset("traitlens-vit-micro", 0)
+    net = (INTR(backbone, 4, hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32)
+           if kind == "intr" else SCOUTER(backbone, 4, hidden_dim=8, slots_per_class=2, e=-1)).eval()
+    res = atlas(net, data, "native", confused=1, exemplars=1, progress=False)
+    assert res.head_ranking == ranking and len(res.heads) == n_heads and res.contrast
+    # INTR defines no head ranking: its heads come in index order; SCOUTER has none.
+    assert all([h for h, _ in e.heads] == list(range(n_heads)) for c in res.classes for e in c.exemplars)
+
+
+def test_a_post_hoc_method_on_a_cnn(setup4):
+    class TinyCNN(torch.nn.Module):
+        """No ViT: a logits-only conv net (pixel methods run on any differentiable classifier)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_classes = 4
+            self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3))
+
+    _, data = setup4
+    torch.manual_seed(0)
+    net = TinyCNN().eval()
+    res = atlas(net, data, "input_x_gradient", progress=False)
+    assert res.parts == PARTS and res.n_images == 12
+    # Disjoint parts + background hold all the evidence (a class without any positive evidence has none: NaN).
+    sums = [sum(c.shares.values()) for c in res.classes]
+    assert all(abs(v - 1) < 1e-6 or math.isnan(v) for v in sums) and sum(abs(v - 1) < 1e-6 for v in sums) >= 2
+    with pytest.raises(IncompatibleMethodError, match="cdam"):
+        atlas(net, data, "cdam", progress=False)
 
 
 def test_cli_writes_the_pages_and_refuses_a_method_that_does_not_run(setup_factory, tmp_path):
