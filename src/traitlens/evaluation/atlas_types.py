@@ -243,7 +243,7 @@ class Atlas:
         folder = Path(folder)
         for rel, png in self.images.items():
             atomic_write(folder / rel, lambda p, b=png: p.write_bytes(b))  # type: ignore[misc]
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False, default=repr)  # repr: odd method options
         atomic_write(folder / "atlas.json", lambda p: p.write_text(text + "\n", encoding="utf-8"))
         for name, table in (("classes.csv", self._class_rows()), ("pairs.csv", self._pair_rows()),
                             ("heads.csv", self._head_rows())):

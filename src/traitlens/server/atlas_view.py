@@ -59,16 +59,17 @@ def find_atlases(model_dir: str | Path, model: nn.Module) -> list[Path]:
     start = Path(model_dir).expanduser()
     if not start.is_dir():
         return []
-    fp = model_fingerprint(model)
+    candidates = [c for level in [start, *list(start.resolve().parents)[:2]]
+                  for c in [level / "atlas.json", *sorted(level.glob("*/atlas.json"))] if c.is_file()]
+    fp = model_fingerprint(model) if candidates else ""  # hashing the weights only when there is something to match
     found: list[Path] = []
-    for level in [start, *list(start.resolve().parents)[:2]]:
-        for candidate in [level / "atlas.json", *sorted(level.glob("*/atlas.json"))]:
-            try:
-                ok = candidate.is_file() and json.loads(candidate.read_text(encoding="utf-8")).get("fingerprint") == fp
-            except (OSError, ValueError, AttributeError):
-                ok = False
-            if ok and candidate.parent.resolve() not in found:
-                found.append(candidate.parent.resolve())
+    for candidate in candidates:
+        try:
+            ok = json.loads(candidate.read_text(encoding="utf-8")).get("fingerprint") == fp
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if ok and candidate.parent.resolve() not in found:
+            found.append(candidate.parent.resolve())
     return found
 
 
