@@ -212,8 +212,9 @@ def atlas_cmd(
     net = net.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device).eval()
     dataset = open_dataset(data, net, split)
     chosen = [c.strip() for c in classes.split(",") if c.strip()] or None
+    name = "/".join(Path(model).parts[-2:]) if Path(model).exists() else model  # "run/best", never a full path
     res = atlas(net, dataset, method, out, classes=chosen, max_per_class=max_per_class or None, confused=confused,
-                exemplars=exemplars, batch_size=batch_size, model_name=Path(model).name or model, resume=resume)
+                exemplars=exemplars, batch_size=batch_size, model_name=name, resume=resume)
     index = write_atlas_html(res, out)
     typer.echo(f"{res.n_images} images, {len(res.classes)} classes, accuracy {res.accuracy:.3f}")
     if res.hit_fraction is not None:

@@ -270,7 +270,7 @@ def test_cli_writes_the_pages_and_refuses_a_method_that_does_not_run(setup_facto
     assert result.exit_code == 0, result.output
     assert "4 images, 4 classes" in result.output and "of 4 classes" in result.output
     assert (tmp_path / "atlas" / "index.html").is_file() and len(list((tmp_path / "atlas" / "classes").iterdir())) == 4
-    assert Atlas.load(tmp_path / "atlas").model == "best"
+    assert Atlas.load(tmp_path / "atlas").model == f"{tmp_path.name}/best"  # a folder's last two names, no path
     refused = runner.invoke(app, ["atlas", "--model", str(model_dir), "--data", "traitshapes:8", "--method", "native",
                                   "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "error: method 'native' does not run on VisionTransformer" in refused.output
