@@ -26,38 +26,58 @@ from tqdm.auto import tqdm
 
 from traitlens._io import atomic_write, sweep_temp_files
 from traitlens.backbones.loading import save_model
-from traitlens.backbones.preprocess import normalize
-from traitlens.train.augment import flip_and_shift
+from traitlens.backbones.preprocess import data_config, normalize
+from traitlens.train.augment import crop_resize_size, flip_and_shift, resize_and_crop
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from traitlens.train.precision import autocast_dtype, unfused_attention
 from traitlens.train.resume import check_resumable, dataset_fingerprint
 
-__all__ = ["FitConfig", "FitResult", "dataset_fingerprint", "evaluate_accuracy", "fit", "iterate_batches"]
+__all__ = ["SCHEDULES", "FitConfig", "FitResult", "dataset_fingerprint", "eval_transform", "evaluate_accuracy", "fit",
+           "iterate_batches", "schedule_lr"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODES = ("finetune", "linear", "model")
+SCHEDULES = ("onecycle", "cosine", "steplr", "constant")
 
 
 @dataclass
 class FitConfig:
-    """Training recipe.
+    """Training recipe (the per-model and pretrained-backbone recipes: `traitlens.models.recommended_fit_config`,
+    docs/recipes.md).
 
     Attributes:
         epochs: passes over the training set.
         mode: "finetune" (all parameters), "linear" (classifier only, backbone frozen) or "model" (train the
             parameters that already require grad — the interpretable models freeze their own backbone).
         lr, weight_decay: AdamW (or SGD) settings.
-        optimizer: "adamw" | "sgd".
-        schedule: "onecycle" | "cosine" (linear warm-up of `warmup_epochs`, then cosine) | "constant".
-        batch_size: images per step.
+        optimizer: "adamw" | "sgd" (momentum 0.9).
+        weight_decay_all: also decay 1-D parameters (biases, norms, scalars), as a plain
+            `optimizer(params, weight_decay=...)` does in the reference repositories; off: they get no decay.
+        backbone_lr: learning rate of the backbone's parameters (an interpretable model's `backbone.*`; for a timm
+            classifier everything outside `get_classifier()`), the rest trains at `lr`. None: everything at `lr`
+            (INTR's own `param_groups` then scales its backbone by `backbone_lr_scale`).
+        schedule: "onecycle" | "cosine" (linear warm-up of `warmup_epochs`, then cosine down to `min_lr`) |
+            "steplr" (×`gamma` every `step_size` epochs, torch's StepLR) | "constant".
+        schedule_per: "batch" (the lr changes every step) or "epoch" (constant within an epoch; "cosine" then
+            follows timm's `CosineLRScheduler` as Prompt-CAM uses it: warm-up from `warmup_lr` to `lr` over
+            `warmup_epochs`, then `min_lr + (lr − min_lr)·(1 + cos(π·e/epochs))/2`). "steplr" is per epoch either way.
+        warmup_epochs, warmup_lr, min_lr: the cosine schedule's warm-up length, warm-up start and floor.
+        step_size, gamma: StepLR's period (epochs) and factor.
+        batch_size: images per step (the global batch: a distributed run splits it over the ranks).
         label_smoothing: cross-entropy smoothing.
         grad_clip: max gradient norm (0 disables).
         seed: seeds initial RNG and the per-epoch shuffling.
         augment_flip, augment_shift: per-image random left-right flips and translations by up to `augment_shift`
             pixels, drawn per epoch from the seed (`train.augment`; off by default). Under DDP each rank draws for its
             own shard, so an augmented distributed run is not step-for-step the single-process one.
+        augment_crop: resize each training batch to `crop_resize` (`train.augment.crop_resize_size`) and crop a
+            random window of the model's input size per image (`Resize → RandomCrop`), before the flips. Build the
+            training set at that size to skip the resampling.
+        crop_resize: side the shorter image side is resized to before cropping; 0 = input size / 0.875 (224 → 256).
+        eval_crop: validation images resized the same way and centre-cropped to the input size (`Resize →
+            CenterCrop`, e.g. DINO's linear evaluation); off: they are used as given.
         amp: mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX / AVX512-BF16 (`train.precision`).
         selection: "val" (keep the best validation top-1), "last", or "reference" (the model's
             `reference_selection`: "best_val", "last", or "last+every10" which also keeps every 10th epoch).
@@ -79,6 +99,16 @@ class FitConfig:
     amp: bool = True
     selection: str = "val"
     num_workers: int = 0
+    weight_decay_all: bool = False
+    backbone_lr: float | None = None
+    schedule_per: str = "batch"
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    step_size: int = 0
+    gamma: float = 0.1
+    augment_crop: bool = False
+    crop_resize: int = 0
+    eval_crop: bool = False
 
 
 @dataclass
@@ -162,8 +192,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> float:
-    """Top-1 accuracy of `model` (eval mode) on `dataset`; sharded over ranks when torch.distributed runs."""
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False,
+                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy of `model` (eval mode) on `dataset`; sharded over ranks when torch.distributed runs.
+
+    `transform` maps each batch of images in [0, 1] on the model's device before normalisation (e.g.
+    `eval_transform(model, cfg)`, the recipe's centre crop).
+    """
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -172,7 +207,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world), pin_memory=device.type == "cuda")
     for images, labels in tqdm(batches, total=math.ceil(len(cast(Sized, dataset)) / batch_size), disable=not progress,
                                desc="eval", leave=False):
-        logits = model(normalize(model, images.to(device, non_blocking=True)))
+        images = images.to(device, non_blocking=True)
+        if transform is not None:
+            images = transform(images)
+        logits = model(normalize(model, images))
         correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += labels.numel()
     model.train(was_training)
@@ -217,13 +255,42 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     return params
 
 
-def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay on ≥2-D parameters only (all with `weight_decay_all`), the backbone at
+    `backbone_lr` when set; a model's own `param_groups(cfg)` (INTR) takes precedence."""
     if hasattr(model, "param_groups"):  # a model's own recipe, e.g. INTR's lower backbone learning rate
-        groups = cast(Any, model).param_groups(cfg)
-    else:
+        return cast(Any, model).param_groups(cfg)
+    wd_1d = cfg.weight_decay if cfg.weight_decay_all else 0.0
+    if cfg.backbone_lr is None:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": wd_1d}]
+    in_backbone = _backbone_parameter_ids(model)
+    groups = []
+    for backbone in (False, True):
+        lr = cfg.backbone_lr if backbone else cfg.lr
+        for decay in (True, False):
+            ps = [p for p in params if (id(p) in in_backbone) == backbone and (p.ndim > 1) == decay]
+            if ps:
+                groups.append({"params": ps, "lr": lr, "weight_decay": cfg.weight_decay if decay else wd_1d})
+    return groups
+
+
+def _backbone_parameter_ids(model: nn.Module) -> set[int]:
+    """Ids of the parameters `backbone_lr` applies to: an interpretable model's `backbone`, or for a timm classifier
+    everything outside `get_classifier()`."""
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return {id(p) for p in backbone.parameters()}
+    if hasattr(model, "get_classifier"):
+        head = {id(p) for p in cast(Any, model).get_classifier().parameters()}
+        return {id(p) for p in model.parameters() if id(p) not in head}
+    raise ValueError(f"backbone_lr needs a model with a `backbone` or a timm classifier; {type(model).__name__} has "
+                     "neither")
+
+
+def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, params, cfg)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
@@ -231,23 +298,85 @@ def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> 
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adamw or sgd")
 
 
+def schedule_lr(cfg: FitConfig, base_lr: float, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of a group with base rate `base_lr` during optimizer step `step` (0-based) under
+    `cfg.schedule` ("cosine", "steplr" or "constant"; "onecycle" is torch's OneCycleLR and not computed here).
+
+    Per batch, cosine: warm-up `lr·(w + (1 − w)·(t+1)/T_w)` for t < T_w = ⌊warmup_epochs·steps⌋ (w = warmup_lr/lr),
+    then `min_lr + (lr − min_lr)·(1 + cos(π·(t − T_w)/(T − T_w)))/2`. Per epoch (e = t // steps_per_epoch), cosine
+    as timm's CosineLRScheduler (warmup_prefix=False): `warmup_lr + e·(lr − warmup_lr)/warmup_epochs` for
+    e < warmup_epochs, then `min_lr + (lr − min_lr)·(1 + cos(π·e/epochs))/2`. StepLR: `lr·gamma^(e // step_size)`.
+    """
+    return base_lr * _lr_factor(cfg, base_lr, step, steps_per_epoch)
+
+
+def _lr_factor(cfg: FitConfig, base_lr: float, step: int, steps_per_epoch: int) -> float:
+    """`schedule_lr / base_lr`, what LambdaLR multiplies by (computed directly, so the per-batch cosine without
+    warmup_lr / min_lr gives the very floats it always did)."""
+    epoch = step // max(steps_per_epoch, 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "steplr":
+        return cfg.gamma ** (epoch // cfg.step_size)
+    if cfg.schedule != "cosine":
+        raise ValueError(f"schedule_lr computes cosine, steplr and constant, not '{cfg.schedule}'")
+    if cfg.schedule_per == "epoch":
+        if epoch < cfg.warmup_epochs:
+            lr = cfg.warmup_lr + epoch * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+        else:
+            lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+        return lr / base_lr if base_lr else 1.0
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        ramp = (step + 1) / warm
+        w = cfg.warmup_lr / base_lr if base_lr else 0.0
+        return ramp if w == 0 else w + (1 - w) * ramp
+    cosine = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+    m = cfg.min_lr / base_lr if base_lr else 0.0
+    return cosine if m == 0 else m + (1 - m) * cosine
+
+
+def _check_schedule(cfg: FitConfig) -> None:
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{cfg.schedule}'; choose onecycle, cosine, steplr or constant")
+    if cfg.schedule_per not in ("batch", "epoch"):
+        raise ValueError(f"unknown schedule_per '{cfg.schedule_per}'; choose 'batch' or 'epoch'")
+    if cfg.schedule == "onecycle" and cfg.schedule_per != "batch":
+        raise ValueError("schedule 'onecycle' steps per batch; use schedule_per='batch'")
+    if cfg.schedule == "steplr" and cfg.step_size < 1:
+        raise ValueError(f"schedule 'steplr' needs step_size >= 1 epoch, got {cfg.step_size}")
+    if cfg.warmup_epochs < 0 or cfg.min_lr < 0 or cfg.warmup_lr < 0:
+        raise ValueError("warmup_epochs, warmup_lr and min_lr must be >= 0")
+
+
 def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int):
+    _check_schedule(cfg)
     total = max(cfg.epochs * steps_per_epoch, 1)
     if cfg.schedule == "onecycle":
         max_lr = [g.get("lr", cfg.lr) for g in opt.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.15)
-    if cfg.schedule == "cosine":
-        warm = int(cfg.warmup_epochs * steps_per_epoch)
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
+    def factor(base: float) -> Callable[[int], float]:
+        return lambda step: _lr_factor(cfg, base, step, steps_per_epoch)
 
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
-    raise ValueError(f"unknown schedule '{cfg.schedule}'; choose onecycle, cosine or constant")
+    # One factor per group: min_lr and warmup_lr are absolute rates, so groups with other base rates differ.
+    return torch.optim.lr_scheduler.LambdaLR(opt, [factor(float(g["lr"])) for g in opt.param_groups])
+
+
+def eval_transform(model: nn.Module, cfg: FitConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The recipe's evaluation preprocessing of image batches in [0, 1]: with `eval_crop`, resize (as `crop_resize`)
+    and centre-crop to the model's input size; None otherwise. Pass it to `evaluate_accuracy` for a test set."""
+    if not cfg.eval_crop:
+        return None
+    crop = _input_hw(model)
+    resize = crop_resize_size(crop, cfg.crop_resize)
+    return lambda images: resize_and_crop(images, crop, resize)
+
+
+def _input_hw(model: nn.Module) -> tuple[int, int]:
+    size = data_config(model)["input_size"]
+    return int(size[-2]), int(size[-1])
 
 
 def fit(
@@ -284,6 +413,9 @@ def fit(
         raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val', 'last' or 'reference'")
     if cfg.augment_shift < 0:
         raise ValueError(f"augment_shift must be >= 0 pixels, got {cfg.augment_shift}")
+    if cfg.crop_resize < 0:
+        raise ValueError(f"crop_resize must be >= 0 pixels, got {cfg.crop_resize}")
+    _check_schedule(cfg)
     selection, keep_every = cfg.selection, 0
     if selection == "reference":
         rule = getattr(model, "reference_selection", "best_val")
@@ -303,6 +435,9 @@ def fit(
     steps_per_epoch = math.ceil(len(cast(Sized, train_set)) / cfg.batch_size)
     opt = _optimizer(model, params, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
+    crop = _input_hw(model) if cfg.augment_crop else None
+    crop_from = crop_resize_size(crop, cfg.crop_resize) if crop is not None else None
+    val_transform = eval_transform(model, cfg)
     amp_dtype = autocast_dtype(device) if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     result = FitResult(out=out_dir)
@@ -317,7 +452,9 @@ def fit(
         if out_dir is None:
             raise ValueError("resume=True needs the run directory `out`")
         state = load_checkpoint(out_dir / CHECKPOINT_NAME, map_location=device)
-        check_resumable(state, asdict(cfg), fingerprint, out_dir / CHECKPOINT_NAME)
+        # A setting added after the checkpoint was written ran at its default then.
+        saved = {**state, "config": {**asdict(FitConfig()), **state.get("config", {})}}
+        check_resumable(saved, asdict(cfg), fingerprint, out_dir / CHECKPOINT_NAME)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -343,6 +480,8 @@ def fit(
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if crop is not None and crop_from is not None:  # Resize → RandomCrop before the flips, as the references
+                images = resize_and_crop(images, crop, crop_from, augment)
             if cfg.augment_flip or cfg.augment_shift:
                 images = flip_and_shift(images, augment, cfg.augment_flip, cfg.augment_shift)
             images = normalize(model, images)
@@ -370,7 +509,8 @@ def fit(
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                    "lr": sched.get_last_lr()[0], "images_per_s": seen / (time.perf_counter() - t0)}
         if val_set is not None:
-            metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256))
+            metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256),
+                                                   transform=val_transform)
         result.history.append(metrics)
         if dist_.is_main:
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
