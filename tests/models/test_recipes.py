@@ -23,7 +23,7 @@ from traitlens.models import (
     recommended_fit_config,
     recommended_model_options,
 )
-from traitlens.train import FitConfig
+from traitlens.train import FitConfig, optim
 from traitlens.train import trainer as trainer_module
 
 from . import SMALL_VIT, make_cnn, make_vit, one_thread  # noqa: F401  (autouse fixture)
@@ -141,7 +141,7 @@ def test_the_reference_options_build_and_take_a_step() -> None:
         cfg = recommended_fit_config(kind, "reference", backbone="vit_tiny_patch16_224.dino")
         x = torch.rand(4, 3, 16, 16)
         params = trainer_module._trainable(net, cfg.mode)
-        opt = trainer_module._optimizer(net, params, cfg)
+        opt = optim.make_optimizer(net, params, cfg)
         net.train()
         loss, _ = net.forward_loss(x, torch.tensor([0, 1, 2, 0]))
         loss.backward()
@@ -156,7 +156,7 @@ def test_intr_reference_groups_train_the_backbone_at_its_own_rate() -> None:
     net = INTR(make_vit(dtype=torch.float32), 3, hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1,
                dim_feedforward=16)
     cfg = recommended_fit_config("intr", "reference")
-    opt = trainer_module._optimizer(net, trainer_module._trainable(net, cfg.mode), cfg)
+    opt = optim.make_optimizer(net, trainer_module._trainable(net, cfg.mode), cfg)
     group = {id(p): g for g in opt.param_groups for p in g["params"]}
     names = dict(net.named_parameters())
     assert set(group) == {id(p) for p in names.values() if p.requires_grad}
@@ -165,7 +165,7 @@ def test_intr_reference_groups_train_the_backbone_at_its_own_rate() -> None:
         assert group[id(p)]["weight_decay"] == 1e-6, name  # every parameter, biases and norms included
     # Without backbone_lr (the quick recipe) the backbone keeps backbone_lr_scale × lr and 1-D parameters no decay.
     quick = recommended_fit_config("intr", "quick")
-    opt = trainer_module._optimizer(net, trainer_module._trainable(net, quick.mode), quick)
+    opt = optim.make_optimizer(net, trainer_module._trainable(net, quick.mode), quick)
     group = {id(p): g for g in opt.param_groups for p in g["params"]}
     assert group[id(names["backbone.patch_embed.proj.weight"])]["lr"] == pytest.approx(0.2 * 1e-3)
     assert group[id(names["backbone.patch_embed.proj.bias"])]["weight_decay"] == 0.0

@@ -10,7 +10,15 @@ import torch
 import torchvision.transforms.functional as TF
 
 from traitlens.backbones import create_preset
-from traitlens.train import FitConfig, classifier_fit_config, eval_transform, fit, load_checkpoint, save_checkpoint
+from traitlens.train import (
+    FitConfig,
+    classifier_fit_config,
+    eval_transform,
+    fit,
+    load_checkpoint,
+    optim,
+    save_checkpoint,
+)
 from traitlens.train import trainer as trainer_module
 from traitlens.train.augment import crop_resize_size, resize_and_crop
 from traitlens.train.recipes import FINETUNE_PRETRAINED, LINEAR_PRETRAINED
@@ -22,7 +30,7 @@ def _lrs(cfg: FitConfig, steps_per_epoch: int, bases: tuple[float, ...] = (1.0,)
     """The lr of each group during every optimizer step of a run, read from the scheduler `fit` builds."""
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b} for b in bases]
     opt = torch.optim.SGD(groups, lr=bases[0])
-    sched = trainer_module._scheduler(opt, cfg, steps_per_epoch)
+    sched = optim.make_scheduler(opt, cfg, steps_per_epoch)
     out = []
     for _ in range(cfg.epochs * steps_per_epoch):
         out.append([g["lr"] for g in opt.param_groups])
@@ -45,8 +53,8 @@ def test_steplr_is_torch_steplr_per_epoch() -> None:
         torch_steplr.step()
     assert lrs[::3] == pytest.approx(per_epoch, rel=1e-12)
     intr = FitConfig(epochs=140, schedule="steplr", step_size=80, gamma=0.1)  # INTR: ×0.1 after epoch 80
-    assert trainer_module.schedule_lr(intr, 5e-5, step=80 * 10 - 1, steps_per_epoch=10) == 5e-5
-    assert trainer_module.schedule_lr(intr, 5e-5, step=80 * 10, steps_per_epoch=10) == pytest.approx(5e-6)
+    assert optim.schedule_lr(intr, 5e-5, step=80 * 10 - 1, steps_per_epoch=10) == 5e-5
+    assert optim.schedule_lr(intr, 5e-5, step=80 * 10, steps_per_epoch=10) == pytest.approx(5e-6)
 
 
 def test_cosine_per_epoch_is_timms_cosine_scheduler() -> None:
@@ -91,17 +99,17 @@ def _group_of(opt: torch.optim.Optimizer) -> dict[int, dict]:
 def test_backbone_lr_splits_a_timm_classifier_at_its_head() -> None:
     model = _model()
     cfg = FitConfig(mode="finetune", lr=1e-3, backbone_lr=1e-5, weight_decay=0.05)
-    opt = trainer_module._optimizer(model, trainer_module._trainable(model, "finetune"), cfg)
+    opt = optim.make_optimizer(model, trainer_module._trainable(model, "finetune"), cfg)
     group = _group_of(opt)
     for name, p in model.named_parameters():
         assert group[id(p)]["lr"] == (1e-3 if name.startswith("head.") else 1e-5), name
         assert group[id(p)]["weight_decay"] == (0.05 if p.ndim > 1 else 0.0), name
     everything = FitConfig(mode="finetune", lr=1e-3, weight_decay=0.05, weight_decay_all=True)
-    opt = trainer_module._optimizer(model, list(model.parameters()), everything)
+    opt = optim.make_optimizer(model, list(model.parameters()), everything)
     assert {g["weight_decay"] for g in opt.param_groups} == {0.05}
     assert all(g["lr"] == 1e-3 for g in opt.param_groups)
     with pytest.raises(ValueError, match="backbone_lr needs a model with a `backbone`"):
-        trainer_module._optimizer(torch.nn.Linear(2, 2), [], FitConfig(backbone_lr=1e-5))
+        optim.make_optimizer(torch.nn.Linear(2, 2), [], FitConfig(backbone_lr=1e-5))
 
 
 def test_crop_sizes() -> None:
@@ -184,6 +192,6 @@ def test_classifier_recipes_depend_on_pretrained() -> None:
 def test_the_linear_recipe_only_moves_the_head_at_its_rate() -> None:
     model = create_preset("traitlens-vit-micro", 3)
     cfg = classifier_fit_config("linear", pretrained=True)
-    opt = trainer_module._optimizer(model, trainer_module._trainable(model, cfg.mode), cfg)
+    opt = optim.make_optimizer(model, trainer_module._trainable(model, cfg.mode), cfg)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(model.head.weight), id(model.head.bias)}
     assert {g["lr"] for g in opt.param_groups} == {1e-3}

@@ -7,10 +7,19 @@ same trait land at different offsets inside the ViT's patches. `resize_and_crop`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CROP_FRACTION", "crop_resize_size", "flip_and_shift", "resize_and_crop"]
+from traitlens.backbones.preprocess import data_config
+
+if TYPE_CHECKING:
+    from traitlens.train.trainer import FitConfig
+
+__all__ = ["CROP_FRACTION", "crop_resize_size", "eval_transform", "flip_and_shift", "input_hw", "resize_and_crop"]
 
 #: Default share of the resized image a crop keeps (224 of 256: the ImageNet / timm `crop_pct` convention).
 CROP_FRACTION = 0.875
@@ -71,7 +80,7 @@ def resize_and_crop(images: torch.Tensor, crop: tuple[int, int], resize: tuple[i
         images = F.interpolate(images, size=resize, mode="bilinear", align_corners=False, antialias=True)
     B, C, H, W = images.shape
     if generator is None:
-        top, left = int(round((H - h) / 2.0)), int(round((W - w) / 2.0))
+        top, left = round((H - h) / 2.0), round((W - w) / 2.0)
         return images[:, :, top:top + h, left:left + w]
     dy = torch.randint(0, H - h + 1, (B, 1, 1), generator=generator).to(images.device)
     dx = torch.randint(0, W - w + 1, (B, 1, 1), generator=generator).to(images.device)
@@ -79,3 +88,19 @@ def resize_and_crop(images: torch.Tensor, crop: tuple[int, int], resize: tuple[i
     cols = dx + torch.arange(w, device=images.device).view(1, 1, w)
     index = (rows * W + cols).view(B, 1, h * w).expand(B, C, h * w)
     return images.flatten(2).gather(2, index).view(B, C, h, w)
+
+
+def eval_transform(model: nn.Module, cfg: FitConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The recipe's evaluation preprocessing of image batches in [0, 1]: with `eval_crop`, resize (as `crop_resize`)
+    and centre-crop to the model's input size; None otherwise. Pass it to `evaluate_accuracy` for a test set."""
+    if not cfg.eval_crop:
+        return None
+    crop = input_hw(model)
+    resize = crop_resize_size(crop, cfg.crop_resize)
+    return lambda images: resize_and_crop(images, crop, resize)
+
+
+def input_hw(model: nn.Module) -> tuple[int, int]:
+    """(H, W) of the model's input (`data_config`), the size crops are cut to."""
+    size = data_config(model)["input_size"]
+    return int(size[-2]), int(size[-1])

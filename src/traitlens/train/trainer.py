@@ -26,20 +26,19 @@ from tqdm.auto import tqdm
 
 from traitlens._io import atomic_write, sweep_temp_files
 from traitlens.backbones.loading import save_model
-from traitlens.backbones.preprocess import data_config, normalize
-from traitlens.train.augment import crop_resize_size, flip_and_shift, resize_and_crop
+from traitlens.backbones.preprocess import normalize
+from traitlens.train.augment import crop_resize_size, eval_transform, flip_and_shift, input_hw, resize_and_crop
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from traitlens.train.optim import check_schedule, make_optimizer, make_scheduler
 from traitlens.train.precision import autocast_dtype, unfused_attention
 from traitlens.train.resume import check_resumable, dataset_fingerprint
 
-__all__ = ["SCHEDULES", "FitConfig", "FitResult", "dataset_fingerprint", "eval_transform", "evaluate_accuracy", "fit",
-           "iterate_batches", "schedule_lr"]
+__all__ = ["FitConfig", "FitResult", "dataset_fingerprint", "evaluate_accuracy", "fit", "iterate_batches"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODES = ("finetune", "linear", "model")
-SCHEDULES = ("onecycle", "cosine", "steplr", "constant")
 
 
 @dataclass
@@ -255,130 +254,6 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     return params
 
 
-def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> list[dict[str, Any]]:
-    """Optimizer groups: weight decay on ≥2-D parameters only (all with `weight_decay_all`), the backbone at
-    `backbone_lr` when set; a model's own `param_groups(cfg)` (INTR) takes precedence."""
-    if hasattr(model, "param_groups"):  # a model's own recipe, e.g. INTR's lower backbone learning rate
-        return cast(Any, model).param_groups(cfg)
-    wd_1d = cfg.weight_decay if cfg.weight_decay_all else 0.0
-    if cfg.backbone_lr is None:
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": wd_1d}]
-    in_backbone = _backbone_parameter_ids(model)
-    groups = []
-    for backbone in (False, True):
-        lr = cfg.backbone_lr if backbone else cfg.lr
-        for decay in (True, False):
-            ps = [p for p in params if (id(p) in in_backbone) == backbone and (p.ndim > 1) == decay]
-            if ps:
-                groups.append({"params": ps, "lr": lr, "weight_decay": cfg.weight_decay if decay else wd_1d})
-    return groups
-
-
-def _backbone_parameter_ids(model: nn.Module) -> set[int]:
-    """Ids of the parameters `backbone_lr` applies to: an interpretable model's `backbone`, or for a timm classifier
-    everything outside `get_classifier()`."""
-    backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, nn.Module):
-        return {id(p) for p in backbone.parameters()}
-    if hasattr(model, "get_classifier"):
-        head = {id(p) for p in cast(Any, model).get_classifier().parameters()}
-        return {id(p) for p in model.parameters() if id(p) not in head}
-    raise ValueError(f"backbone_lr needs a model with a `backbone` or a timm classifier; {type(model).__name__} has "
-                     "neither")
-
-
-def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, params, cfg)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adamw or sgd")
-
-
-def schedule_lr(cfg: FitConfig, base_lr: float, step: int, steps_per_epoch: int) -> float:
-    """Learning rate of a group with base rate `base_lr` during optimizer step `step` (0-based) under
-    `cfg.schedule` ("cosine", "steplr" or "constant"; "onecycle" is torch's OneCycleLR and not computed here).
-
-    Per batch, cosine: warm-up `lr·(w + (1 − w)·(t+1)/T_w)` for t < T_w = ⌊warmup_epochs·steps⌋ (w = warmup_lr/lr),
-    then `min_lr + (lr − min_lr)·(1 + cos(π·(t − T_w)/(T − T_w)))/2`. Per epoch (e = t // steps_per_epoch), cosine
-    as timm's CosineLRScheduler (warmup_prefix=False): `warmup_lr + e·(lr − warmup_lr)/warmup_epochs` for
-    e < warmup_epochs, then `min_lr + (lr − min_lr)·(1 + cos(π·e/epochs))/2`. StepLR: `lr·gamma^(e // step_size)`.
-    """
-    return base_lr * _lr_factor(cfg, base_lr, step, steps_per_epoch)
-
-
-def _lr_factor(cfg: FitConfig, base_lr: float, step: int, steps_per_epoch: int) -> float:
-    """`schedule_lr / base_lr`, what LambdaLR multiplies by (computed directly, so the per-batch cosine without
-    warmup_lr / min_lr gives the very floats it always did)."""
-    epoch = step // max(steps_per_epoch, 1)
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "steplr":
-        return cfg.gamma ** (epoch // cfg.step_size)
-    if cfg.schedule != "cosine":
-        raise ValueError(f"schedule_lr computes cosine, steplr and constant, not '{cfg.schedule}'")
-    if cfg.schedule_per == "epoch":
-        if epoch < cfg.warmup_epochs:
-            lr = cfg.warmup_lr + epoch * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
-        else:
-            lr = cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
-        return lr / base_lr if base_lr else 1.0
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        ramp = (step + 1) / warm
-        w = cfg.warmup_lr / base_lr if base_lr else 0.0
-        return ramp if w == 0 else w + (1 - w) * ramp
-    cosine = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-    m = cfg.min_lr / base_lr if base_lr else 0.0
-    return cosine if m == 0 else m + (1 - m) * cosine
-
-
-def _check_schedule(cfg: FitConfig) -> None:
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule '{cfg.schedule}'; choose onecycle, cosine, steplr or constant")
-    if cfg.schedule_per not in ("batch", "epoch"):
-        raise ValueError(f"unknown schedule_per '{cfg.schedule_per}'; choose 'batch' or 'epoch'")
-    if cfg.schedule == "onecycle" and cfg.schedule_per != "batch":
-        raise ValueError("schedule 'onecycle' steps per batch; use schedule_per='batch'")
-    if cfg.schedule == "steplr" and cfg.step_size < 1:
-        raise ValueError(f"schedule 'steplr' needs step_size >= 1 epoch, got {cfg.step_size}")
-    if cfg.warmup_epochs < 0 or cfg.min_lr < 0 or cfg.warmup_lr < 0:
-        raise ValueError("warmup_epochs, warmup_lr and min_lr must be >= 0")
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int):
-    _check_schedule(cfg)
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    if cfg.schedule == "onecycle":
-        max_lr = [g.get("lr", cfg.lr) for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.15)
-
-    def factor(base: float) -> Callable[[int], float]:
-        return lambda step: _lr_factor(cfg, base, step, steps_per_epoch)
-
-    # One factor per group: min_lr and warmup_lr are absolute rates, so groups with other base rates differ.
-    return torch.optim.lr_scheduler.LambdaLR(opt, [factor(float(g["lr"])) for g in opt.param_groups])
-
-
-def eval_transform(model: nn.Module, cfg: FitConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The recipe's evaluation preprocessing of image batches in [0, 1]: with `eval_crop`, resize (as `crop_resize`)
-    and centre-crop to the model's input size; None otherwise. Pass it to `evaluate_accuracy` for a test set."""
-    if not cfg.eval_crop:
-        return None
-    crop = _input_hw(model)
-    resize = crop_resize_size(crop, cfg.crop_resize)
-    return lambda images: resize_and_crop(images, crop, resize)
-
-
-def _input_hw(model: nn.Module) -> tuple[int, int]:
-    size = data_config(model)["input_size"]
-    return int(size[-2]), int(size[-1])
-
-
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -415,7 +290,7 @@ def fit(
         raise ValueError(f"augment_shift must be >= 0 pixels, got {cfg.augment_shift}")
     if cfg.crop_resize < 0:
         raise ValueError(f"crop_resize must be >= 0 pixels, got {cfg.crop_resize}")
-    _check_schedule(cfg)
+    check_schedule(cfg)
     selection, keep_every = cfg.selection, 0
     if selection == "reference":
         rule = getattr(model, "reference_selection", "best_val")
@@ -433,9 +308,9 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and dist_.is_main
     steps_per_epoch = math.ceil(len(cast(Sized, train_set)) / cfg.batch_size)
-    opt = _optimizer(model, params, cfg)
-    sched = _scheduler(opt, cfg, steps_per_epoch)
-    crop = _input_hw(model) if cfg.augment_crop else None
+    opt = make_optimizer(model, params, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    crop = input_hw(model) if cfg.augment_crop else None
     crop_from = crop_resize_size(crop, cfg.crop_resize) if crop is not None else None
     val_transform = eval_transform(model, cfg)
     amp_dtype = autocast_dtype(device) if cfg.amp else None
