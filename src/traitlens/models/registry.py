@@ -219,9 +219,11 @@ def _variants(kind: ModelKind, recipe: str, backbone: str | Path | None) -> list
     return [v for v in kind.variants.get(recipe, ()) if v.matches(name)]
 
 
-def recommended_fit_config(kind: str, recipe: str = "quick", *, pretrained: bool | None = None,
-                           backbone: str | Path | None = None, **overrides: Any) -> FitConfig:
+def recommended_fit_config(kind: str, recipe: str = "quick", **overrides: Any) -> FitConfig:
     """The `FitConfig` for `kind` under `recipe` (docs/recipes.md lists every value and where it comes from).
+
+    Called as `recommended_fit_config(kind, recipe, pretrained=None, backbone=None, **fields)`: `pretrained` and
+    `backbone` are keywords (taken from `overrides`, so a `**dict` of `FitConfig` fields type-checks at call sites).
 
     Args:
         kind: a registered interpretable model ("promptcam", "intr", "scouter"), or "linear" / "finetune" for a
@@ -243,6 +245,8 @@ def recommended_fit_config(kind: str, recipe: str = "quick", *, pretrained: bool
         0.001
     """
     _check_recipe(recipe)
+    pretrained: bool | None = overrides.pop("pretrained", None)
+    backbone: str | Path | None = overrides.pop("backbone", None)
     if kind in CLASSIFIER_MODES:
         return replace(classifier_fit_config(kind, bool(pretrained)), **overrides)
     entry = get_model_kind(kind)

@@ -32,10 +32,10 @@ def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) 
     groups = []
     for backbone in (False, True):
         lr = cfg.backbone_lr if backbone else cfg.lr
-        for decay in (True, False):
-            ps = [p for p in params if (id(p) in in_backbone) == backbone and (p.ndim > 1) == decay]
+        for matrices in (True, False):
+            ps = [p for p in params if (id(p) in in_backbone) == backbone and (p.ndim > 1) == matrices]
             if ps:
-                groups.append({"params": ps, "lr": lr, "weight_decay": cfg.weight_decay if decay else wd_1d})
+                groups.append({"params": ps, "lr": lr, "weight_decay": cfg.weight_decay if matrices else wd_1d})
     return groups
 
 

@@ -382,7 +382,7 @@ def fit(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         seen, loss_sum, correct = dist_.sum([seen, loss_sum, correct])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   "lr": sched.get_last_lr()[0], "images_per_s": seen / (time.perf_counter() - t0)}
+                   "lr": float(sched.get_last_lr()[0]), "images_per_s": seen / (time.perf_counter() - t0)}
         if val_set is not None:
             metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256),
                                                    transform=val_transform)
