@@ -223,3 +223,30 @@ def test_the_quick_recipe_builds_the_quickstarts_models(backbone) -> None:
     assert paper.traitlens_config["options"]["hidden_dim"] == 256 and paper.traitlens_config["options"]["nheads"] == 8
     with pytest.raises(ValueError, match="set pretrained with --pretrained"):
         build_classifier("scouter", str(backbone), 3, options={"pretrained": False})
+
+
+def test_published_weights_get_the_pretrained_recipe_offline_from_the_cache(cub, tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    """A hub name with (cached) published weights: the pretrained linear recipe (docs/recipes.md), its crops, and
+    the test split preprocessed as validation is."""
+    import timm
+    import torch
+
+    from tests.backbones.test_hub import _cache_weights
+    from traitlens.train import eval_transform
+    from traitlens.train.recipes import LINEAR_PRETRAINED
+
+    fake_hub(monkeypatch, reachable=False, cache=tmp_path / "hub")
+    torch.manual_seed(0)
+    _cache_weights(tmp_path / "hub", "timm/test_vit.r160_in1k", timm.create_model("test_vit").state_dict())
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "train", "linear", "--data", str(cub), "--model", "test_vit.r160_in1k",
+                       "--out", str(out), *FAST)
+    assert code == 0, err
+    cfg = load_checkpoint(out / "checkpoint.pt")["config"]
+    for key in ("optimizer", "lr", "weight_decay", "schedule", "augment_crop", "eval_crop", "epochs"):
+        assert cfg[key] == (1 if key == "epochs" else getattr(LINEAR_PRETRAINED, key)), key  # --epochs 1
+    net = load_model(out / "best")
+    test = CUBDataset(cub, "test", transform=Resize((183, 183)), with_masks=False)  # 160 / 0.875, then cropped
+    acc = evaluate_accuracy(net, test, transform=eval_transform(net, LINEAR_PRETRAINED))
+    assert json.loads((out / "metrics.json").read_text())["test"] == {"images": 6, "accuracy": acc}

@@ -80,7 +80,8 @@ def train(
     lr: float = typer.Option(0.0, help="Learning rate (0 = the recipe's default)."),
     batch_size: int = typer.Option(0, help="Batch size (0 = the recipe's default)."),
     recipe: str = typer.Option("quick", help="Interpretable models: 'quick' (small CPU runs: the quickstart's model "
-                                             "options and recipe) or 'reference' (the paper's)."),
+                                             "options and recipe) or 'reference' (the paper's; docs/recipes.md). "
+                                             "linear / finetune: published weights get the pretrained recipes."),
     pretrained: bool = typer.Option(True, help="Published weights for a timm / hf-hub: name (from the Hugging Face "
                                                "hub or its cache); --no-pretrained builds it randomly. Model folders "
                                                "and presets ignore it."),
@@ -117,12 +118,11 @@ def train(
 
     import torch
 
-    from traitlens.backbones import data_config
     from traitlens.data import open_splits
-    from traitlens.models.build import build_classifier, parse_model_options
-    from traitlens.train import FitConfig
+    from traitlens.models import recommended_fit_config
+    from traitlens.models.build import build_classifier, parse_model_options, published_weights
     from traitlens.train.distributed import distributed_from_env
-    from traitlens.train.run import check_run_dir, clear_run_dir, train_and_test
+    from traitlens.train.run import check_run_dir, clear_run_dir, open_run_splits, train_and_test
 
     if mode not in TRAIN_MODES:
         raise typer.BadParameter(f"unknown mode '{mode}'; choose from {', '.join(TRAIN_MODES)}")
@@ -133,17 +133,13 @@ def train(
         torch.manual_seed(seed)  # identical initial weights on every rank
         net = build_classifier(mode, model, len(class_names), class_names, pretrained=pretrained, options=options,
                                recipe=recipe, img_size=img_size, allow_random_backbone=allow_random_backbone)
-        if mode in ("linear", "finetune"):
-            cfg = FitConfig(mode=mode, seed=seed)
-        else:
-            from traitlens.models import recommended_fit_config
-
-            cfg = recommended_fit_config(mode, recipe, seed=seed)
+        cfg = recommended_fit_config(mode, recipe, pretrained=published_weights(model, pretrained), backbone=model,
+                                     seed=seed)
         overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
         cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, num_workers=workers,
                       **overrides)
         net = net.to(device)
-        splits = open_splits(data, tuple(data_config(net)["input_size"][1:]), val_fraction, split_seed)
+        splits = open_run_splits(data, net, cfg, val_fraction, split_seed)
         log.info("%s: %s", data, splits.describe())
         clear_run_dir(replaced)
         res = train_and_test(net, splits.train, splits.val, splits.test, cfg, out, data=splits.summary(),

@@ -1,11 +1,13 @@
 """Build the classifier a training run starts from, by mode: what `traitlens train MODE` builds.
 
 `linear` / `finetune` load a timm classifier (`load_model`); every registered kind is a mode too. Options go to the
-model's constructor and are checked against it, so a typo is a one-line error listing the valid names. Under the
-"quick" recipe a kind starts from its `quick_options` (the small CPU variant the quickstart trains), under
-"reference" from its constructor defaults (the paper's sizes). A frozen backbone without trained weights (a linear
-probe or Prompt-CAM on a preset name or a `--no-pretrained` timm name) is refused unless asked for: its features are
-random, and so would be every explanation of the model trained on them.
+model's constructor and are checked against it, so a typo is a one-line error listing the valid names. They replace
+the recipe's options (`recommended_model_options`): under "quick" a kind's `quick_options` (the small CPU variant the
+quickstart trains), under "reference" the paper's set-up for that backbone (docs/recipes.md).
+
+A frozen backbone without trained weights (a linear probe or Prompt-CAM on a preset name or a `--no-pretrained` timm
+name) is refused unless asked for: its features are random, and so would be every explanation of the model trained
+on them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 import torch.nn as nn
 
 from traitlens.backbones.loading import is_random_init, load_model
-from traitlens.models.registry import build_interpretable, get_model_kind, list_model_kinds
+from traitlens.models.registry import build_interpretable, get_model_kind, list_model_kinds, recommended_model_options
 
 __all__ = ["TIMM_MODES", "RandomBackboneError", "build_classifier", "kind_option_names", "parse_model_options",
-           "train_modes"]
+           "published_weights", "train_modes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,13 @@ class RandomBackboneError(ValueError):
 def train_modes() -> tuple[str, ...]:
     """`linear`, `finetune` and every registered interpretable kind."""
     return (*TIMM_MODES, *(kind.name for kind in list_model_kinds()))
+
+
+def published_weights(model: str, pretrained: bool = True) -> bool:
+    """Whether `model` starts from published weights: a timm / `hf-hub:` name with `pretrained`, or an `hf:` model;
+    not a model folder or file, nor a preset. This picks the pretrained-backbone recipes of `linear` / `finetune`
+    (`recommended_fit_config(mode, recipe, pretrained=...)`)."""
+    return not Path(model).exists() and not is_random_init(model, pretrained)
 
 
 def kind_option_names(kind: str) -> list[str]:
@@ -103,7 +112,7 @@ def build_classifier(mode: str, model: str, num_classes: int, class_names: Seque
         num_classes, class_names: from the data set; a saved classifier with another count gets a new head.
         pretrained: published weights for a timm name (ignored by folders and presets).
         options: constructor options: timm arguments for `linear` / `finetune`, the kind's options otherwise.
-        recipe: "quick" starts a kind from its `quick_options`, "reference" from its constructor defaults.
+        recipe: "quick" or "reference": the options `recommended_model_options` gives for it and this backbone.
         img_size: a ViT's input size (0 keeps the model's own); for a kind it becomes `backbone_args["img_size"]`.
         allow_random_backbone: train a frozen backbone that has no trained weights (else `RandomBackboneError`).
 
@@ -115,26 +124,27 @@ def build_classifier(mode: str, model: str, num_classes: int, class_names: Seque
         raise ValueError("set pretrained with --pretrained / --no-pretrained (the pretrained= argument), not as a "
                          "model option")
     random_init = is_random_init(model, pretrained)
+    if mode not in train_modes():
+        raise ValueError(f"unknown mode '{mode}'; choose from {', '.join(train_modes())}")
+    recipe_options = recommended_model_options(mode, recipe, backbone=model,
+                                               pretrained=published_weights(model, pretrained))
     if mode in TIMM_MODES:
         if mode == "linear" and random_init:
             _refuse_random(mode, model, allow_random_backbone)
-        if img_size:
-            options["img_size"] = img_size
+        args = {**recipe_options, **options, **({"img_size": img_size} if img_size else {})}
         return load_model(model, num_classes=num_classes, pretrained=pretrained,
-                          class_names=list(class_names) if class_names else None, **options)
-    if mode not in train_modes():
-        raise ValueError(f"unknown mode '{mode}'; choose from {', '.join(train_modes())}")
+                          class_names=list(class_names) if class_names else None, **args)
     kind = get_model_kind(mode)
     valid = kind_option_names(mode)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown {mode} option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                          f"{kind.cls.__name__} takes {', '.join(valid)}")
-    chosen = {**(kind.quick_options if recipe == "quick" else {}), **options}
+    chosen = {**recipe_options, **options}
     if img_size:
         chosen["backbone_args"] = {**(chosen.get("backbone_args") or {}), "img_size": img_size}
     if chosen:
-        log.info("%s options (recipe '%s' and --model-arg): %s", mode, recipe,
+        log.info("%s options (recipe '%s', then the given ones): %s", mode, recipe,
                  ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
     net = build_interpretable(mode, model, num_classes, class_names=class_names, pretrained=pretrained, **chosen)
     backbone = getattr(net, "backbone", None)

@@ -30,9 +30,12 @@ from torch.utils.data import Dataset
 
 from traitlens._io import atomic_write
 from traitlens.backbones.loading import load_model
+from traitlens.data.splits import DataSplits, open_splits
+from traitlens.train.augment import crop_resize_size, eval_transform, input_hw
 from traitlens.train.trainer import CHECKPOINT_NAME, FitConfig, FitResult, evaluate_accuracy, fit
 
-__all__ = ["RUN_FILES", "RunExistsError", "RunResult", "check_run_dir", "clear_run_dir", "train_and_test"]
+__all__ = ["RUN_FILES", "RunExistsError", "RunResult", "check_run_dir", "clear_run_dir", "open_run_splits",
+           "train_and_test"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,22 @@ def clear_run_dir(files: list[Path]) -> None:
     log.info("--overwrite: removed the earlier run in %s (%s)", files[0].parent, ", ".join(p.name for p in files))
 
 
+def open_run_splits(root: str | Path, model: nn.Module, config: FitConfig, val_fraction: float = 0.1,
+                    seed: int = 0) -> DataSplits:
+    """The splits of `root` (`open_splits`) at the sizes the recipe reads them: the model's input size, or the
+    crop's resize size for the training images with `augment_crop` and for validation / test with `eval_crop`
+    (so the batches are cropped from that size, not upsampled to it)."""
+    crop = input_hw(model)
+    resized = crop_resize_size(crop, config.crop_resize)
+    train_hw = resized if config.augment_crop else crop
+    eval_hw = resized if config.eval_crop else crop
+    splits = open_splits(root, train_hw, val_fraction, seed)
+    if eval_hw != train_hw:
+        other = open_splits(root, eval_hw, val_fraction, seed)  # the same seed: the same validation images
+        splits.val, splits.test = other.val, other.test
+    return splits
+
+
 @dataclass
 class RunResult:
     """What `train_and_test` produced.
@@ -151,7 +170,8 @@ def train_and_test(model: nn.Module, train_set: Dataset, val_set: Dataset | None
     """Fit `model`, select on `val_set` (the recipe's rule), then score the selected checkpoint on `test_set` once.
 
     The test images play no part in training or selection: the checkpoint is fixed (`out/best`) before they are
-    read. Under torchrun every rank takes part in the test pass (it is sharded); rank 0 writes the files.
+    read, and they are preprocessed as validation is (`eval_transform`). Under torchrun every rank takes part in
+    the test pass (it is sharded); rank 0 writes the files.
 
     Args:
         model: the classifier; left holding the last epoch's weights.
@@ -180,7 +200,7 @@ def train_and_test(model: nn.Module, train_set: Dataset, val_set: Dataset | None
         n_test = len(cast(Sized, test_set))
         device = next(model.parameters()).device
         chosen = load_model(result.best_dir).to(device)
-        test_acc = evaluate_accuracy(chosen, test_set)
+        test_acc = evaluate_accuracy(chosen, test_set, transform=eval_transform(chosen, config))
         log.info("test accuracy of the selected checkpoint (epoch %s): %.4f on %d images", selected, test_acc,
                  n_test)
     if main:
