@@ -75,8 +75,10 @@ function fillMethods() {
   const fits = offeredMethods();
   const names = fits.map((m) => m.name);
   select.replaceChildren(...fits.map((m) => option(m.name, m.name + (m.signed ? " (signed)" : ""))));
-  // A method the new model cannot run is never kept: the first request after a switch must run.
+  // A method the new model cannot run is never kept: the first request after a switch must run. Otherwise an
+  // interpretable model's own maps first, then CDAM, then the first listed.
   if (names.includes(previous)) select.value = previous;
+  else if (names.includes("native")) select.value = "native";
   else if (names.includes("cdam")) select.value = "cdam";
   select.disabled = fits.length === 0;
   if (!fits.length) $("method-info").textContent = `no registered method runs on ${model.name}`;
