@@ -239,6 +239,9 @@ def serve(
     timeout: float = typer.Option(120.0, help="Per-request timeout in seconds (504 beyond)."),
     docs: bool = typer.Option(False, "--docs", help="Also serve FastAPI's interactive /docs page (it loads "
                                                     "Swagger UI from a CDN). Off by default."),
+    examples: list[Path] = typer.Option(None, "--examples", help="A folder of sample images the page offers to "
+                                                                 "click; repeat for several. Default: samples/ "
+                                                                 "next to the model (the quickstart's)."),
     atlas: list[Path] = typer.Option(None, help="A `traitlens atlas` folder to show at /atlas; repeat for several "
                                                 "(atlases next to a served model folder are found too)."),
 ) -> None:
@@ -248,8 +251,9 @@ def serve(
     """
     from traitlens.server import serve as run_server
 
-    run_server(model or None, host=host, port=port, docs=docs, workers=workers, queue_size=queue,
-               max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout, atlas=atlas or None)
+    run_server(model or None, host=host, port=port, docs=docs, examples=examples or None, workers=workers,
+               queue_size=queue, max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout,
+               atlas=atlas or None)
 
 
 def _unique(name: str, used: set[str]) -> str:

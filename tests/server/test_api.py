@@ -31,6 +31,7 @@ def test_info_reads_the_registry(make_client, micro_model):
         assert m["families"] == list(ref.families)
     (model,) = info["models"]
     assert model["name"] == info["default_model"] == "micro"
+    assert model["architecture"] == type(micro_model).__name__ == "VisionTransformer"
     assert model["class_names"] == CLASS_NAMES and model["num_classes"] == 3
     assert model["input_size"] == [32, 32]
     assert model["family"] == model_family(micro_model) == "vit"
@@ -87,13 +88,14 @@ def test_topk_class_index_and_class_name_targets(make_client, micro_model):
     assert post_explain(client, data, target="square").json()["targets"][0]["index"] == 1
 
 
-def test_head_maps_become_one_png_per_head(make_client):
+def test_head_maps_become_one_overlay_per_head(make_client):
     body = post_explain(make_client(), png_bytes(), method="raw_attention").json()
     b, k, r, h, w = body["head_maps_shape"]
     assert (b, k, r, h, w) == (1, 1, 2, 4, 4)  # micro: 2 heads on a 4×4 grid
-    heads = body["targets"][0]["heads"]
-    assert len(heads) == r
-    assert {decode_data_url(u).size for u in heads} == {(96, 96)}
+    heads, heats = body["targets"][0]["heads"], body["targets"][0]["head_heat"]
+    assert len(heads) == len(heats) == r
+    # On the image at the heads' display size (longest side 96, the upload's 80×60 aspect), not bare grids.
+    assert {decode_data_url(u).size for u in [*heads, *heats, body["head_image"]]} == {(96, 72)}
 
 
 def test_head_maps_are_capped(make_client):

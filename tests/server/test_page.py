@@ -74,7 +74,10 @@ const snap = () => {
 };
 setTimeout(() => {
   snap();
-  for (const name of process.argv.slice(4)) { byId.model.value = name; byId.model.fire("change"); snap(); }
+  for (const arg of process.argv.slice(4)) {
+    if (arg.startsWith("method=")) { byId.method.value = arg.slice(7); byId.method.fire("change"); continue; }
+    byId.model.value = arg; byId.model.fire("change"); snap();
+  }
   console.log(JSON.stringify(seen));
 }, 50);
 """
@@ -83,7 +86,11 @@ setTimeout(() => {
 
 @pytest.mark.skipif(NODE is None, reason="no node binary to run the page's script")
 def test_switching_models_offers_the_methods_the_server_lists_for_that_model(make_client, micro_model, tmp_path):
-    client = make_client(models={"micro": micro_model, "conv": TinyConv()})
+    from traitlens.backbones import create_preset
+    from traitlens.models import PromptCAM
+
+    promptcam = PromptCAM(create_preset("traitlens-vit-micro", 0), 3).eval()
+    client = make_client(models={"micro": micro_model, "conv": TinyConv(), "pc": promptcam})
     info = client.get("/api/info").json()
     listed = {m["name"]: m["methods"] for m in info["models"]}
     assert listed["micro"] != listed["conv"]
@@ -91,10 +98,11 @@ def test_switching_models_offers_the_methods_the_server_lists_for_that_model(mak
     info_file.write_text(json.dumps(info))
     harness = tmp_path / "harness.js"
     harness.write_text(HARNESS)
-    out = subprocess.run([NODE, str(harness), str(static_dir() / "app.js"), str(info_file), "conv", "micro"],
+    out = subprocess.run([NODE, str(harness), str(static_dir() / "app.js"), str(info_file), "conv", "micro",
+                          "method=raw_attention", "pc"],
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
-    first, on_conv, back = json.loads(out.stdout)
+    first, on_conv, back, on_pc = json.loads(out.stdout)
     assert first["model"] == "micro" and first["offered"] == listed["micro"] and first["selected"] == "cdam"
     # After the switch only the conv model's own methods are offered (no "other families" to pick from).
     assert on_conv["model"] == "conv" and on_conv["offered"] == listed["conv"]
@@ -102,3 +110,6 @@ def test_switching_models_offers_the_methods_the_server_lists_for_that_model(mak
     # Back: the choice is kept when the model runs it (gradcam runs on both), else the default.
     kept = on_conv["selected"] if on_conv["selected"] in listed["micro"] else "cdam"
     assert back["offered"] == listed["micro"] and back["selected"] == kept
+    # To an interpretable model that cannot run raw attention: its own native maps, not a post-hoc method.
+    assert "raw_attention" not in listed["pc"] and on_pc["selected"] == "native"
+    assert on_pc["offered"] == listed["pc"] and "native" in listed["pc"]

@@ -112,7 +112,11 @@ def test_the_page_loads_only_its_own_files_under_a_strict_policy(make_client):
     script = client.get("/static/app.js").text
     assert not re.search(r"https?://", script), "the page script talks to another site"
     assert "eval(" not in script and "innerHTML" not in script
-    assert set(re.findall(r'fetch\("([^"]+)"', script)) == {"/api/info", "/api/explain", "/api/concept"}
+    assert set(re.findall(r'fetch\("([^"]+)"', script)) == {"/api/info", "/api/explain", "/api/concept",
+                                                             "/api/examples"}
+    # The only fetch of a computed URL is an example's, which the server gives as a path of its own.
+    assert re.findall(r"fetch\((\w[\w.]*)\)", script) == ["ex.url"]
+    assert all(e["url"].startswith("/api/examples/") for e in client.get("/api/examples").json())
 
 
 def test_info_shows_model_names_never_paths(micro_dir):

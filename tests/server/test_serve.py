@@ -130,3 +130,33 @@ def test_missing_web_extra_names_the_install_command(monkeypatch, micro_dir):
     monkeypatch.setitem(server._WEB_MODULES, "traitlens_no_such_module", "no-such-package")
     with pytest.raises(RuntimeError, match=r"no-such-package.*pip install 'traitlens\[web\]'"):
         serve(str(micro_dir))
+
+
+def test_serve_offers_the_samples_next_to_the_model_or_the_given_folders(tmp_path, micro_dir, monkeypatch):
+    import shutil
+
+    uvicorn = pytest.importorskip("uvicorn", reason="the 'web' extra is not installed")
+    from typer.testing import CliRunner
+
+    import traitlens.server as server
+    from traitlens.cli import app
+
+    best = tmp_path / "traitlens-quickstart" / "run" / "best"
+    shutil.copytree(micro_dir, best)
+    (tmp_path / "traitlens-quickstart" / "samples").mkdir()
+    seen: list[list] = []
+    real = server.create_app
+
+    def spy(*args, **kwargs):
+        seen.append(list(kwargs["examples"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server, "create_app", spy)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    serve(str(best))
+    assert seen[-1] == [(tmp_path / "traitlens-quickstart" / "samples").resolve()]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    result = CliRunner().invoke(app, ["serve", "--model", str(best), "--examples", str(mine)])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == [mine]

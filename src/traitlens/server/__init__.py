@@ -43,12 +43,12 @@ def _require_web() -> None:
 
 def create_app(models: dict[str, nn.Module], limits: ServerLimits | None = None,
                allowed_hosts: list[str] | None = None, docs: bool = False,
-               atlases: dict[str, Atlas] | None = None) -> FastAPI:
+               atlases: dict[str, Atlas] | None = None, examples: Sequence[str | Path] = ()) -> FastAPI:
     """Build the FastAPI app (see `traitlens.server.app.create_app`); needs the 'web' extra."""
     _require_web()
     from traitlens.server.app import create_app as _create
 
-    return _create(models, limits, allowed_hosts, docs=docs, atlases=atlases)
+    return _create(models, limits, allowed_hosts, docs=docs, atlases=atlases, examples=examples)
 
 
 def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
@@ -140,7 +140,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "127.0.0.1", port: int = 8000,
-          docs: bool = False, atlas: Sequence[str | Path] | None = None, **limits: Any) -> None:
+          docs: bool = False, atlas: Sequence[str | Path] | None = None,
+          examples: Sequence[str | Path] | None = None, **limits: Any) -> None:
     """Serve the explanation page and JSON API until interrupted.
 
     Args:
@@ -149,6 +150,10 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
         host: address to bind; 127.0.0.1 by default. Anything else exposes the server (no authentication).
         port: TCP port.
         docs: also serve FastAPI's interactive `/docs` page (it loads Swagger UI from a CDN); off by default.
+        atlas: `traitlens atlas` folders to show at `/atlas`; atlases next to a served model folder are found too.
+        examples: folders of sample images the page offers to click; None: the `samples/` folders found next to
+            the models (the quickstart's `traitlens-quickstart/samples/`). TraitShapes renders (and
+            scikit-image's photos, when installed) follow them (`traitlens.server.examples`).
         **limits: fields of `ServerLimits` (e.g. `workers=2, queue_size=8, timeout_s=120,
             max_upload_bytes=8 << 20, header_timeout_s=10`); None values keep the defaults.
 
@@ -168,6 +173,10 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
     from traitlens.server._protocol import uvicorn_config
 
     models = load_served_models(model)
+    if examples is None:
+        from traitlens.server.examples import sample_folders
+
+        examples = sample_folders(_model_specs(model))
     if is_loopback(host):
         from traitlens.server.middleware import LOOPBACK_HOSTS
 
@@ -176,7 +185,8 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
         log.warning("serving on %s: anyone who can reach this address can use the server (there is no "
                     "authentication); bind 127.0.0.1 unless you mean it", host)
         allowed = ["*"]
-    app = create_app(models, lim, allowed_hosts=allowed, docs=docs, atlases=_served_atlases(atlas, model, models))
+    app = create_app(models, lim, allowed_hosts=allowed, docs=docs, atlases=_served_atlases(atlas, model, models),
+                     examples=examples)
     shown = f"[{host}]" if ":" in host else host
     log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json%s; models: %s)", shown, port,
              ", /docs" if docs else "", ", ".join(models))

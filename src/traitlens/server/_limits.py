@@ -29,6 +29,7 @@ class ServerLimits:
             headers); it is closed beyond, so idle sockets cannot pile up.
         display_size: longest side in pixels of the returned overlays.
         head_display_size: longest side in pixels of the returned per-head maps.
+        max_results: explanations kept in memory for their `.npz` download; the oldest is dropped beyond.
     """
 
     max_upload_bytes: int = 8 * 1024 * 1024
@@ -45,6 +46,7 @@ class ServerLimits:
     header_timeout_s: float = 10.0
     display_size: int = 320
     head_display_size: int = 96
+    max_results: int = 16
 
     def __post_init__(self) -> None:
         for f in fields(self):

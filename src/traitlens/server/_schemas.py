@@ -8,6 +8,7 @@ __all__ = [
     "ConceptOut",
     "ContrastOut",
     "ErrorOut",
+    "ExampleOut",
     "ExplainOut",
     "HealthOut",
     "InfoOut",
@@ -15,6 +16,7 @@ __all__ = [
     "MethodOut",
     "ModelOut",
     "PredictionOut",
+    "ScaleOut",
     "SizeOut",
     "TargetOut",
 ]
@@ -51,7 +53,8 @@ class MethodOut(BaseModel):
 class ModelOut(BaseModel):
     """A model the server loaded at start-up (chosen by `name`; never a path)."""
 
-    name: str
+    name: str = Field(description="the name requests use and the page shows: a folder's or preset's own name")
+    architecture: str = Field(description="the model's class, e.g. VisionTransformer or PromptCAM")
     family: str = Field(description="vit, cnn or native (interpretable by design)")
     num_classes: int | None
     class_names: list[str] | None
@@ -67,6 +70,18 @@ class ConceptOut(BaseModel):
     model: str
     n_images: int
     dim: int
+
+
+class ExampleOut(BaseModel):
+    """An example image the page offers to click; its bytes are at `url`."""
+
+    id: str
+    name: str = Field(description="what the page shows under the thumbnail")
+    source: str = Field(description="where it comes from: a samples folder, scikit-image's photos or TraitShapes")
+    label: str | None = Field(description="the true class, when the source knows it")
+    url: str
+    width: int
+    height: int
 
 
 class InfoOut(BaseModel):
@@ -106,15 +121,34 @@ class SizeOut(BaseModel):
     height: int
 
 
+class ScaleOut(BaseModel):
+    """The one colour scale of a set of maps (the top-k maps of a request, or all its per-head maps).
+
+    Colours run from `lo` to `hi`: the same colour is the same value on every map of the set. Signed maps use
+    [−max|v|, max|v|] (0 black, at the centre), others [min, max]. `min`/`max` are the values' own range.
+    """
+
+    lo: float
+    hi: float
+    min: float
+    max: float
+    signed: bool
+
+
 class TargetOut(BaseModel):
     """The explanation of one target."""
 
     index: int | None = Field(description="class id; null for a concept")
     name: str
     prob: float | None = Field(description="the model's probability of this class; null for a concept")
-    overlay: str = Field(description="PNG data URL: the map blended on the image, at overlay_size")
+    overlay: str = Field(description="PNG data URL: the map blended on the image (opacity 0.55), at overlay_size, "
+                                     "coloured on the request's `scale`")
+    heat: str = Field(description="PNG data URL: the coloured map alone at overlay_size (lay it over `image`)")
     degenerate: bool = Field(description="the map was constant (nothing to show)")
-    heads: list[str] | None = Field(None, description="PNG data URLs, one per head, when the method has head maps")
+    heads: list[str] | None = Field(None, description="PNG data URLs, one per head, when the method has head maps: "
+                                                      "each head's map blended on the image, on `head_scale`")
+    head_heat: list[str] | None = Field(None, description="the per-head coloured maps alone (lay them over "
+                                                          "`head_image`)")
     raw: list[list[float]] | None = Field(None, description="raw token-grid map [h][w] (include_raw=true)")
 
 
@@ -124,6 +158,8 @@ class ContrastOut(BaseModel):
     a: str
     b: str
     overlay: str = Field(description="PNG data URL at overlay_size; orange = for A over B, blue = for B over A")
+    heat: str = Field(description="the coloured difference alone (lay it over the response's `image`)")
+    scale: ScaleOut
     max_abs: float
     raw: list[list[float]] | None = Field(None, description="raw token-grid difference [h][w] (include_raw=true)")
 
@@ -136,6 +172,13 @@ class ExplainOut(BaseModel):
     signed: bool
     input_size: list[int] = Field(description="[H, W] the model saw")
     overlay_size: SizeOut
+    image: str = Field(description="PNG data URL: the uploaded image at overlay_size (the base of every `heat`)")
+    head_image: str | None = Field(None, description="the image at the per-head maps' size (base of `head_heat`)")
+    scale: ScaleOut = Field(description="the colour scale shared by the maps of all targets: raw values (the maps "
+                                        "are not normalised), so the same colour is the same value")
+    head_scale: ScaleOut | None = Field(None, description="the colour scale shared by all per-head maps")
+    download: str = Field(description="URL of this explanation as .npz (`Explanation.load` reads it); kept for the "
+                                      "last max_results explanations")
     predictions: list[PredictionOut]
     targets: list[TargetOut]
     contrast: ContrastOut | None = None

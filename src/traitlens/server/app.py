@@ -10,8 +10,9 @@ traceback. The pieces: `middleware` (request ids, request limit, Host and Origin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch.nn as nn
 from fastapi import FastAPI
@@ -46,6 +47,7 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     docs: bool = False,
     atlases: Mapping[str, Atlas] | None = None,
+    examples: Sequence[str | Path] = (),
 ) -> FastAPI:
     """Build the app serving `models` (name → loaded model; the first is the default).
 
@@ -56,6 +58,8 @@ def create_app(
             names plus `testserver` (FastAPI's TestClient).
         docs: serve FastAPI's interactive `/docs` page (it loads Swagger UI from a CDN); off by default.
         atlases: trait atlases to show at `/atlas` (name → `Atlas`, see `server.atlas_view.load_atlases`).
+        examples: folders of sample images the page offers to click, before the built-in ones
+            (`traitlens.server.examples`).
 
     Returns:
         The FastAPI app; its OpenAPI schema is at `/openapi.json`, the page at `/` (and `/docs` with `docs`).
@@ -64,7 +68,7 @@ def create_app(
         >>> app = create_app({"micro": load_model("runs/micro/best")})  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
-    srv = Server(models, limits or ServerLimits())
+    srv = Server(models, limits or ServerLimits(), examples)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

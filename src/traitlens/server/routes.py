@@ -20,7 +20,16 @@ from PIL import Image, UnidentifiedImageError
 from traitlens import __version__
 from traitlens.explain import MethodInfo, list_methods
 from traitlens.server._images import FORMATS, UploadError
-from traitlens.server._schemas import ConceptOut, ErrorOut, ExplainOut, HealthOut, InfoOut, InternalErrorOut, MethodOut
+from traitlens.server._schemas import (
+    ConceptOut,
+    ErrorOut,
+    ExampleOut,
+    ExplainOut,
+    HealthOut,
+    InfoOut,
+    InternalErrorOut,
+    MethodOut,
+)
 from traitlens.server.service import MAX_TEXT, RequestError, Server
 
 __all__ = ["ERRORS", "USER_ERRORS", "router", "static_dir"]
@@ -140,6 +149,32 @@ async def explain_image(
         return cast(ExplainOut, await srv.run(srv.explain_job, req, data, include_raw))
     except _REFUSALS as err:
         raise _http_error(err, "explain") from err
+
+
+@router.get("/api/results/{result_id}.npz", responses={404: ERRORS[404]},
+            summary="A recent explanation as .npz (traitlens.explain.Explanation.load reads it)")
+def result_npz(srv: ServerDep, result_id: str) -> Response:
+    item = srv.results.get(result_id)
+    if item is None:
+        raise HTTPException(404, f"unknown or expired result '{result_id[:MAX_TEXT]}': the server keeps the last "
+                                 f"{srv.limits.max_results} explanations; explain the image again")
+    name = f"{item.meta.get('model', 'model')}_{item.explanation.method}.npz".replace("/", "_")
+    return Response(item.npz_bytes(), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/api/examples", response_model=list[ExampleOut], summary="Example images the page offers")
+def examples(srv: ServerDep) -> list[ExampleOut]:
+    return srv.examples_out()
+
+
+@router.get("/api/examples/{example_id}", responses={404: ERRORS[404]}, summary="One example image's bytes")
+def example_image(srv: ServerDep, example_id: str) -> Response:
+    try:
+        ex = srv.example(example_id)
+    except RequestError as err:
+        raise _http_error(err, "example") from err
+    return Response(ex.data, media_type=ex.media_type, headers={"Cache-Control": "max-age=3600"})
 
 
 @router.post("/api/concept", response_model=ConceptOut, responses=ERRORS,

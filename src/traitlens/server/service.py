@@ -8,8 +8,9 @@ pool. Refusals raise `RequestError` (or `UploadError`) carrying the HTTP status 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,20 @@ from traitlens.explain.api import num_classes_of
 from traitlens.server._images import FORMATS, UploadError, decode_upload, sniff_format
 from traitlens.server._limits import ServerLimits
 from traitlens.server._pool import BoundedPool, ModelReplicas, PoolBusy, PoolTimeout
-from traitlens.server._render import display_image, head_pngs, overlay_png
-from traitlens.server._schemas import ContrastOut, ExplainOut, ModelOut, PredictionOut, SizeOut, TargetOut
+from traitlens.server._render import MapScale, display_image, head_layers, map_layers, map_scale, png_data_url
+from traitlens.server._results import ResultStore
+from traitlens.server._schemas import (
+    ContrastOut,
+    ExampleOut,
+    ExplainOut,
+    ModelOut,
+    PredictionOut,
+    ScaleOut,
+    SizeOut,
+    TargetOut,
+)
 from traitlens.server.concepts import ConceptStore, StoredConcept, concept_class
+from traitlens.server.examples import ExampleImage, load_examples
 
 __all__ = ["MAX_TEXT", "ExplainRequest", "RequestError", "Served", "Server", "Target", "clean_text", "model_family",
            "supported_methods"]
@@ -90,7 +102,8 @@ class Served:
     input_size: tuple[int, int]
 
     def describe(self) -> ModelOut:
-        return ModelOut(name=self.name, family=self.family, num_classes=self.num_classes,
+        return ModelOut(name=self.name, architecture=type(self.model).__name__, family=self.family,
+                        num_classes=self.num_classes,
                         class_names=self.class_names, input_size=list(self.input_size),
                         methods=supported_methods(self.model))
 
@@ -115,12 +128,16 @@ class ExplainRequest:
 class Server:
     """State and handlers of one app: the served models, the pool, the concepts."""
 
-    def __init__(self, models: Mapping[str, nn.Module], limits: ServerLimits) -> None:
+    def __init__(self, models: Mapping[str, nn.Module], limits: ServerLimits,
+                 examples: Sequence[str | Path] = ()) -> None:
         if not models:
             raise ValueError("create_app needs at least one model")
         self.limits = limits
         self.pool = BoundedPool(limits.workers, limits.queue_size)
         self.concepts = ConceptStore(limits.max_concepts)
+        self.results = ResultStore(limits.max_results)
+        self.example_folders = list(examples)
+        self._examples: list[ExampleImage] | None = None
         self.models: dict[str, Served] = {}
         for name, model in models.items():
             model.eval()
@@ -131,6 +148,22 @@ class Server:
         self.default_model = next(iter(self.models))
 
     # -- look-ups (cheap, before any pool slot is taken) -----------------------------------------------------------
+    def examples(self) -> list[ExampleImage]:
+        """The example images (`server.examples`), read on first use and kept."""
+        if self._examples is None:
+            self._examples = load_examples(self.example_folders, self.limits.max_upload_bytes)
+        return self._examples
+
+    def examples_out(self) -> list[ExampleOut]:
+        return [ExampleOut(id=e.id, name=e.name, source=e.source, label=e.label, url=f"/api/examples/{e.id}",
+                           width=e.width, height=e.height) for e in self.examples()]
+
+    def example(self, ex_id: str) -> ExampleImage:
+        found = next((e for e in self.examples() if e.id == ex_id), None)
+        if found is None:
+            raise RequestError(404, f"unknown example '{ex_id[:MAX_TEXT]}'; GET /api/examples lists them")
+        return found
+
     @staticmethod
     def concepts_available() -> bool:
         """Whether this traitlens can build concepts (the concept endpoints answer 501 otherwise)."""
@@ -261,7 +294,11 @@ class Server:
         return x if param is None else x.to(param.device, param.dtype)
 
     def explain_job(self, req: ExplainRequest, data: bytes, include_raw: bool) -> ExplainOut:
-        """Decode, explain, render; everything CPU-heavy of one /api/explain request."""
+        """Decode, explain, render; everything CPU-heavy of one /api/explain request.
+
+        The maps are explained unnormalised (`normalize="none"`) and coloured on one scale per request, so the
+        top-k maps compare: the same colour is the same value (`_render.map_scale`).
+        """
         start = time.perf_counter()
         served, info = req.served, req.info
         image = self.decode(data, "image")
@@ -269,45 +306,55 @@ class Server:
         model = served.replicas.acquire()
         try:
             x = self._input(model, x01)
-            exp = explain(model, x, method=info.name, target=req.target.value)
+            exp = explain(model, x, method=info.name, target=req.target.value, normalize="none")
             logits = exp.logits
             if logits is None:
                 with torch.no_grad():
                     logits = model(x)
             other = None
             if req.contrast is not None:
-                other = explain(model, x, method=info.name, target=req.contrast.value)
+                other = explain(model, x, method=info.name, target=req.contrast.value, normalize="none")
         finally:
             served.replicas.release(model)
         probs = logits.detach().float().softmax(-1)[0]
         shown = display_image(image, self.limits.display_size)
-        targets = self._targets_out(exp, probs, shown, include_raw)
+        small = display_image(image, self.limits.head_display_size) if exp.head_maps is not None else None
+        scale = map_scale(exp.maps[0], exp.signed)
+        head_scale = None
+        if exp.head_maps is not None:
+            head_scale = map_scale(exp.head_maps[0, :, : self.limits.max_heads], exp.signed)
+        targets = self._targets_out(exp, probs, shown, small, scale, head_scale, include_raw)
         contrast = None if other is None else self._contrast_out(exp, other, targets[0].name, shown, info,
                                                                  tuple(x.shape[-2:]), include_raw)
+        rid = self.results.add(exp, {"model": served.name, "image_size": [image.width, image.height],
+                                     "input_size": list(served.input_size), "class_names": served.class_names})
         return ExplainOut(
             model=served.name, method=info.name, signed=exp.signed, input_size=list(served.input_size),
             overlay_size=SizeOut(width=int(shown.shape[1]), height=int(shown.shape[0])),
+            image=png_data_url(shown), head_image=None if small is None else png_data_url(small),
+            scale=_scale_out(scale), head_scale=None if head_scale is None else _scale_out(head_scale),
+            download=f"/api/results/{rid}.npz",
             predictions=_predictions(logits, probs, served.class_names), targets=targets, contrast=contrast,
             map_shape=list(exp.maps.shape), patch_map_shape=list(exp.patch_maps.shape),
             head_maps_shape=None if exp.head_maps is None else list(exp.head_maps.shape),
             seconds=round(time.perf_counter() - start, 4))
 
-    def _targets_out(self, exp: Explanation, probs: torch.Tensor, shown: np.ndarray,
-                     include_raw: bool) -> list[TargetOut]:
-        """One `TargetOut` per explained target: overlay, per-head maps, raw map."""
+    def _targets_out(self, exp: Explanation, probs: torch.Tensor, shown: np.ndarray, small: np.ndarray | None,
+                     scale: MapScale, head_scale: MapScale | None, include_raw: bool) -> list[TargetOut]:
+        """One `TargetOut` per explained target: heat layer and overlay, per-head maps, raw map."""
         targets = []
         for k in range(exp.maps.shape[1]):
             idx = int(exp.targets[0, k])
             name = exp.target_names[0][k] if exp.target_names else str(idx)
-            heads = None
-            if exp.head_maps is not None:
-                heads = head_pngs(exp.head_maps[0, k, : self.limits.max_heads], exp.signed,
-                                  self.limits.head_display_size)
+            heads = head_heat = None
+            if exp.head_maps is not None and small is not None and head_scale is not None:
+                head_heat, heads = head_layers(small, exp.head_maps[0, k, : self.limits.max_heads], head_scale)
+            heat, over = map_layers(shown, exp.maps[0, k], scale)
             targets.append(TargetOut(
                 index=idx if idx >= 0 else None, name=name, prob=float(probs[idx]) if idx >= 0 else None,
-                overlay=overlay_png(shown, exp.maps[0, k], exp.signed),
+                overlay=over, heat=heat,
                 degenerate=bool(exp.degenerate[0, k]) if exp.degenerate is not None else False,
-                heads=heads, raw=exp.patch_maps[0, k].float().tolist() if include_raw else None))
+                heads=heads, head_heat=head_heat, raw=exp.patch_maps[0, k].float().tolist() if include_raw else None))
         return targets
 
     @staticmethod
@@ -320,7 +367,9 @@ class Server:
         # Raw maps of one method on one image share a scale, so A − B is meaningful (posthoc.md §1).
         diff = (exp.patch_maps[0, 0] - other.patch_maps[0, 0]).float()
         pixel = upsample_maps(diff[None, None], (int(size[0]), int(size[1])), info.default_upsample)[0, 0]
-        return ContrastOut(a=a_name, b=b_name, overlay=overlay_png(shown, pixel, True),
+        scale = map_scale(diff, True)
+        heat, over = map_layers(shown, pixel, scale)
+        return ContrastOut(a=a_name, b=b_name, overlay=over, heat=heat, scale=_scale_out(scale),
                            max_abs=float(diff.abs().max()), raw=diff.tolist() if include_raw else None)
 
     def concept_job(self, served: Served, datas: list[bytes], name: str) -> StoredConcept:
@@ -336,6 +385,10 @@ class Server:
         finally:
             served.replicas.release(model)
         return self.concepts.add(served.name, concept)
+
+
+def _scale_out(scale: MapScale) -> ScaleOut:
+    return ScaleOut(lo=scale.lo, hi=scale.hi, min=scale.vmin, max=scale.vmax, signed=scale.signed)
 
 
 def _predictions(logits: torch.Tensor, probs: torch.Tensor, names: list[str] | None) -> list[PredictionOut]:
