@@ -35,7 +35,7 @@ def map_range(saliency: torch.Tensor | np.ndarray, signed: bool) -> tuple[float,
 
 
 def tick_label(value: float) -> str:
-    """Two significant digits, short exponents and a real minus sign: 0.0123 → "0.012", -1.5e-05 → "−1.5e-5"."""
+    """Two significant digits, short exponents and a real minus sign: 0.0123 → "0.012", -1.5e-05 → "−1.5e−5"."""
     if value == 0:
         return "0"
     text = f"{value:.2g}"
