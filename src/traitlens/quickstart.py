@@ -58,6 +58,8 @@ class QuickstartConfig:
 
     `samples_per_class` test images of each class are saved as `samples/<class>_<i>.png` (class names with "/"
     written as "_") for the README's example; `converged_accuracy` is the target under which a model is flagged.
+    `train_processes`: the ViT's training processes (None: one per core, see `fit_on_cores`; 1 trains in this
+    process, which saves the workers' start-up in tiny runs).
     """
 
     out: Path = Path("traitlens-quickstart")
@@ -83,6 +85,7 @@ class QuickstartConfig:
     interpretable_epochs: int | None = None
     converged_accuracy: float = 0.85
     samples_per_class: int = 1
+    train_processes: int | None = None
     progress: bool = True
 
     def vit_recipe(self) -> FitConfig:
@@ -141,7 +144,8 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
     # One one-thread process per core: faster than two intra-op threads, and robust to a busy machine
     # (docs/history.md, "CPU threading").
-    result = fit_on_cores(model, train, val, cfg.vit_recipe(), out=out / "run", progress=cfg.progress)
+    result = fit_on_cores(model, train, val, cfg.vit_recipe(), out=out / "run", processes=cfg.train_processes,
+                          progress=cfg.progress)
     phases.done("train ViT")
     train_seconds = phases.seconds["train ViT"]
     test_acc = evaluate_accuracy(model, test)
