@@ -99,9 +99,12 @@ def leaderboard_figure_artist(rows: Sequence[Mapping[str, Any]], width_px: int =
         lo, hi = [], []
         for v, r in zip(vals, rows, strict=True):
             ci = r.get(f"{col}_ci")
-            ok = ci is not None and not any(math.isnan(float(c)) for c in ci)
-            lo.append(max(v - float(ci[0]), 0.0) if ok else 0.0)
-            hi.append(max(float(ci[1]) - v, 0.0) if ok else 0.0)
+            if ci is None or any(math.isnan(float(c)) for c in ci):
+                lo.append(0.0)
+                hi.append(0.0)
+            else:
+                lo.append(max(v - float(ci[0]), 0.0))
+                hi.append(max(float(ci[1]) - v, 0.0))
         ax.barh(range(len(rows)), vals, xerr=[lo, hi], capsize=2, color=colours, error_kw={"linewidth": 0.8})
         ax.set_yticks(range(len(rows)), names)
         arrow = "↓" if COLUMNS[col][1] == "lower" else "↑"

@@ -17,6 +17,7 @@ from traitlens.viz.overlay import SEQUENTIAL_CMAP, SIGNED_CMAP
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colorbar import Colorbar
+    from matplotlib.colors import Colormap
     from matplotlib.figure import Figure
 
 __all__ = ["add_colorbar", "map_range", "tick_label"]
@@ -53,15 +54,17 @@ def add_colorbar(fig: Figure, cax: Axes, low: float, high: float, signed: bool, 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    cmap: Colormap
     if signed:
         s = max(abs(low), abs(high))
-        norm, cmap = Normalize(-s if s > 0 else -1.0, s if s > 0 else 1.0), SIGNED_CMAP
-        ticks = [norm.vmin, 0.0, norm.vmax]
+        vmin, vmax = (-s, s) if s > 0 else (-1.0, 1.0)
+        cmap, ticks = SIGNED_CMAP, [vmin, 0.0, vmax]
         labels = [tick_label(-s), "0", tick_label(s)] if s > 0 else ["", "0", ""]
     else:
-        norm, cmap = Normalize(low, high if high > low else low + 1.0), SEQUENTIAL_CMAP
-        ticks = [norm.vmin, norm.vmax]
+        vmin, vmax = low, high if high > low else low + 1.0
+        cmap, ticks = SEQUENTIAL_CMAP, [vmin, vmax]
         labels = [tick_label(low), tick_label(high) if high > low else ""]
+    norm = Normalize(vmin, vmax)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
     bar.set_ticks(ticks, labels=labels)
     bar.ax.tick_params(labelsize=fontsize, length=2, pad=1)
