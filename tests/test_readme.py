@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\(([^)]+)\)\s*-->")
 FENCE = re.compile(r"^```(\w*)\s*$")
 #: `traitlens` commands the README documents before they exist: command → why it is allowed for now.
-PENDING_COMMANDS = {"atlas": "`traitlens atlas` is being added (issue 17)"}
+PENDING_COMMANDS: dict[str, str] = {}
 
 
 def readme_blocks(text: str) -> list[tuple[str, int, str, str | None]]:

@@ -17,7 +17,7 @@ from traitlens.backbones import (
     normalize,
     save_model,
 )
-from traitlens.evaluation import evaluate
+from traitlens.evaluation import Atlas, atlas, evaluate
 from traitlens.explain import (
     Concept,
     Explanation,
@@ -31,6 +31,7 @@ from traitlens.explain import (
 from traitlens.train import FitConfig, fit
 
 __all__ = [
+    "Atlas",
     "AttentionProbe",
     "Concept",
     "Explanation",
@@ -38,6 +39,7 @@ __all__ = [
     "ImageLoadError",
     "IncompatibleMethodError",
     "__version__",
+    "atlas",
     "evaluate",
     "explain",
     "fit",

@@ -178,6 +178,53 @@ def evaluate(
     typer.echo(f"wrote results to {out}")
 
 
+@app.command("atlas")
+def atlas_cmd(
+    model: str = typer.Option(..., help="Model folder, timm name or preset."),
+    data: str = typer.Option(..., help="CUB-layout folder, ImageFolder tree, or traitshapes[:N]."),
+    method: str = typer.Option("cdam", help="A method from `traitlens methods`, or 'native' (Prompt-CAM, INTR, "
+                                            "SCOUTER)."),
+    out: Path = typer.Option(Path("runs/atlas"), help="Output folder: index.html, classes/, atlas.json, *.csv, "
+                                                      "exemplars/, state/ (resume)."),
+    classes: str = typer.Option("", help="Comma-separated class names or indices (default: all)."),
+    max_per_class: int = typer.Option(0, help="At most this many images per class (0 = all)."),
+    confused: int = typer.Option(2, help="Confused classes per class (and runner-up targets per image)."),
+    exemplars: int = typer.Option(3, help="Correctly classified exemplars shown per class."),
+    split: str = typer.Option("test", help="Dataset split."),
+    batch_size: int = typer.Option(16),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
+    resume: bool = typer.Option(True, help="Continue an interrupted run in --out (--no-resume starts over)."),
+) -> None:
+    """Which traits each class relies on: part shares and lifts, confused pairs with "why A, not B" maps, exemplars.
+
+    Example: traitlens atlas --model runs/ts/best --data traitshapes:512 --method cdam --max-per-class 32
+    --out runs/atlas
+    """
+    import torch
+
+    from traitlens.backbones import load_model
+    from traitlens.evaluation import atlas, open_dataset
+    from traitlens.explain import method_refusal
+    from traitlens.report import write_atlas_html
+
+    net = load_model(model)
+    _refuse(method_refusal(net, method))
+    net = net.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device).eval()
+    dataset = open_dataset(data, net, split)
+    chosen = [c.strip() for c in classes.split(",") if c.strip()] or None
+    name = "/".join(Path(model).parts[-2:]) if Path(model).exists() else model  # "run/best", never a full path
+    res = atlas(net, dataset, method, out, classes=chosen, max_per_class=max_per_class or None, confused=confused,
+                exemplars=exemplars, batch_size=batch_size, model_name=name, resume=resume)
+    index = write_atlas_html(res, out)
+    typer.echo(f"{res.n_images} images, {len(res.classes)} classes, accuracy {res.accuracy:.3f}")
+    if res.hit_fraction is not None:
+        typer.echo(f"top-lift part is a discriminative part for {round(res.hit_fraction * res.n_hit_classes)} of "
+                   f"{res.n_hit_classes} classes ({res.hit_fraction:.1%})")
+    if res.seconds_per_image is not None:
+        typer.echo(f"{res.seconds_per_image:.4f} s per image")
+    typer.echo(f"atlas: {index.resolve()}")
+
+
 @app.command()
 def serve(
     model: list[str] = typer.Option(None, help="Model folder / timm name / preset; repeat for several. "
@@ -190,6 +237,8 @@ def serve(
     timeout: float = typer.Option(120.0, help="Per-request timeout in seconds (504 beyond)."),
     docs: bool = typer.Option(False, "--docs", help="Also serve FastAPI's interactive /docs page (it loads "
                                                     "Swagger UI from a CDN). Off by default."),
+    atlas: list[Path] = typer.Option(None, help="A `traitlens atlas` folder to show at /atlas; repeat for several "
+                                                "(atlases next to a served model folder are found too)."),
 ) -> None:
     """Serve a local web page: upload an image, pick method/class/concept, see overlays and per-head maps.
 
@@ -198,7 +247,7 @@ def serve(
     from traitlens.server import serve as run_server
 
     run_server(model or None, host=host, port=port, docs=docs, workers=workers, queue_size=queue,
-               max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout)
+               max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout, atlas=atlas or None)
 
 
 def _unique(name: str, used: set[str]) -> str:

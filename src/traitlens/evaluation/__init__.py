@@ -1,6 +1,8 @@
 """Evaluation: score explanation methods over datasets (`evaluate`), the TraitShapes leaderboard, the same-model
 table, "why A, not B" contrast maps and trait reports (api.md `tl.evaluate`; metrics.md; datasets.md "TraitShapes")."""
 
+from traitlens.evaluation.atlas import Atlas, ClassAtlas, ConfusedPair, Exemplar, atlas, confused_pairs, part_evidence
+from traitlens.evaluation.atlas_state import AtlasResumeError
 from traitlens.evaluation.cli import DEFAULT_METRICS, cli_evaluate, open_dataset
 from traitlens.evaluation.contrast import ContrastScores, contrast_explanation, score_contrast
 from traitlens.evaluation.evaluate import MASK_SOURCES, TARGETS, EvalResults, bootstrap_ci, evaluate, model_fingerprint
@@ -25,14 +27,21 @@ __all__ = [
     "MASK_SOURCES",
     "PEER_METHODS",
     "TARGETS",
+    "Atlas",
+    "AtlasResumeError",
+    "ClassAtlas",
+    "ConfusedPair",
     "ContrastScores",
     "EvalResults",
+    "Exemplar",
     "Leaderboard",
     "SameModelRow",
     "SameModelTable",
     "TraitReport",
+    "atlas",
     "bootstrap_ci",
     "cli_evaluate",
+    "confused_pairs",
     "contrast_explanation",
     "evaluate",
     "leaderboard",
@@ -44,6 +53,7 @@ __all__ = [
     "model_fingerprint",
     "open_dataset",
     "part_disks",
+    "part_evidence",
     "peer_explainer",
     "same_model_rows",
     "same_model_table",

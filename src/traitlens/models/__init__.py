@@ -16,10 +16,12 @@ from traitlens.models.promptcam import PromptCAM
 from traitlens.models.registry import (
     KINDS,
     ModelKind,
+    RecipeVariant,
     build_interpretable,
     get_model_kind,
     list_model_kinds,
     recommended_fit_config,
+    recommended_model_options,
     register_model_kind,
 )
 from traitlens.models.scouter import SCOUTER, area_size, least_similar_class, normalize_class_maps
@@ -38,6 +40,7 @@ __all__ = [
     "NativeMaps",
     "Prediction",
     "PromptCAM",
+    "RecipeVariant",
     "TraitRemoval",
     "area_size",
     "build_interpretable",
@@ -48,6 +51,7 @@ __all__ = [
     "normalize_class_maps",
     "rank_heads",
     "recommended_fit_config",
+    "recommended_model_options",
     "register_model_kind",
     "save_prompts",
     "similar_class_targets",
@@ -56,5 +60,5 @@ __all__ = [
     "trait_removal",
 ]
 
-#: What `fit` cannot express yet for each kind's reference recipe.
+#: What each kind's reference did that its traitlens reference recipe does not (docs/recipes.md).
 RECIPE_NOTES: dict[str, list[str]] = {k.name: list(k.notes) for k in list_model_kinds()}

@@ -33,7 +33,7 @@ from traitlens.models.backbone import (
 from traitlens.models.base import InterpretableModel
 from traitlens.models.outputs import ModelOutput
 from traitlens.models.position import sine_position_encoding
-from traitlens.models.registry import register_model_kind
+from traitlens.models.registry import RecipeVariant, register_model_kind
 from traitlens.train import FitConfig
 
 __all__ = ["INTR", "resize_queries", "similar_class_targets"]
@@ -155,21 +155,32 @@ def similar_class_targets(logits: torch.Tensor, labels: torch.Tensor | None = No
     "intr",
     summary="one decoder query per class; query c's cross-attention is class c's map, per head",
     recipes={
-        # The reference (§2.4): AdamW lr 5e-5 (backbone 1e-5 via INTR.param_groups), wd 1e-6, 140 epochs,
-        # batch 12 × 4, grad clip 0.1; it keeps the last epoch.
-        "reference": FitConfig(epochs=140, mode="model", optimizer="adamw", lr=5e-5, weight_decay=1e-6,
-                               schedule="constant", batch_size=48, label_smoothing=0.0, grad_clip=0.1, seed=42,
-                               selection="last"),
+        # The reference (§2.4; `main.py` defaults, every value in docs/recipes.md): AdamW lr 5e-5, backbone 1e-5,
+        # wd 1e-6 on every parameter, StepLR ×0.1 after epoch 80, 140 epochs, batch 12 × 4 GPUs, grad clip 0.1; train
+        # h-flip and random crops (its multi-scale resizing needs variable-size batches); it keeps the last epoch.
+        "reference": FitConfig(epochs=140, mode="model", optimizer="adamw", lr=5e-5, backbone_lr=1e-5,
+                               weight_decay=1e-6, weight_decay_all=True, schedule="steplr", step_size=80, gamma=0.1,
+                               batch_size=48, label_smoothing=0.0, grad_clip=0.1, seed=42, selection="last",
+                               augment_flip=True, augment_crop=True),
         "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=1e-6,
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, grad_clip=0.1, seed=0,
                            selection="val"),
     },
     # Small heads for a CPU: the reference's DETR-sized transformer costs ~50× a tiny ViT.
     quick_options={"hidden_dim": 64, "nheads": 4, "enc_layers": 2, "dec_layers": 2, "dim_feedforward": 256},
+    # The paper-size transformer (the constructor's defaults, written out so the recipe says it).
+    reference_options={"hidden_dim": 256, "nheads": 8, "enc_layers": 6, "dec_layers": 6, "dim_feedforward": 2048,
+                       "dropout": 0.1},
+    variants={"reference": (
+        RecipeVariant(("*dinov2*",), options={"backbone_args": {"img_size": 224}}, note="DINOv2 at 224 px, not 518"),
+    )},
     notes=(
-        "backbone lr 1e-5 needs INTR.param_groups(cfg) in the trainer's optimizer",
-        "reference StepLR ×0.1 at epoch 80 is not a fit schedule ('constant' here)",
-        "reference augmentation (multi-scale resize, random crop) and variable-size padded batches are data-side",
+        "reference trains at variable sizes (short side 480-800, max 1333, half the time after a random 384-600 crop) "
+        "and evaluates at short side 800 with padding masks; traitlens trains fixed-size batches: Resize → RandomCrop "
+        "to the backbone's input size (800 for detr_r50)",
+        "reference starts from the DETR-R50 COCO checkpoint (--finetune, which also unfreezes the stem and layer1); "
+        "pass init_checkpoint=detr-r50-e632da11.pth for detr_r50",
+        "reference drops the last incomplete batch of each epoch (drop_last=True); traitlens trains on it",
     ),
 )
 class INTR(InterpretableModel):
@@ -329,21 +340,29 @@ class INTR(InterpretableModel):
 
     # -- training ------------------------------------------------------------------------------------------------
     def param_groups(self, cfg: Any) -> list[dict[str, Any]]:
-        """Optimizer groups for `cfg` (a `FitConfig`: `lr`, `weight_decay`) (§2.4).
+        """Optimizer groups for `cfg` (a `FitConfig`: `lr`, `weight_decay`, `backbone_lr`, `weight_decay_all`) (§2.4).
 
-        The backbone trains at `backbone_lr_scale`·lr (reference 1e-5 vs 5e-5), the rest at lr; 1-D parameters
-        get no weight decay, as in the trainer's own groups.
+        The backbone trains at `cfg.backbone_lr` when set (the reference recipe: 1e-5), else at
+        `backbone_lr_scale`·lr; the rest at lr. 1-D parameters get no weight decay unless `cfg.weight_decay_all`
+        (the reference decays every parameter), as in the trainer's own groups.
         """
         lr, weight_decay = float(cfg.lr), float(cfg.weight_decay)
+        backbone_lr = getattr(cfg, "backbone_lr", None)
+        wd_1d = weight_decay if getattr(cfg, "weight_decay_all", False) else 0.0
         groups = []
         for in_backbone in (True, False):
             named = [(n, p) for n, p in self.named_parameters()
                      if p.requires_grad and n.startswith("backbone.") == in_backbone]
-            scale = self.backbone_lr_scale if in_backbone else 1.0
+            if not in_backbone:
+                group_lr = lr
+            elif backbone_lr is not None:
+                group_lr = float(backbone_lr)
+            else:
+                group_lr = lr * self.backbone_lr_scale
             for decay in (True, False):
                 ps = [p for _, p in named if (p.ndim > 1) == decay]
                 if ps:
-                    groups.append({"params": ps, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0})
+                    groups.append({"params": ps, "lr": group_lr, "weight_decay": weight_decay if decay else wd_1d})
         return groups
 
     def load_detr_checkpoint(self, path: str | Path, noise_frac: float = 0.1, seed: int = 42) -> list[str]:

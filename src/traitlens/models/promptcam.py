@@ -31,7 +31,7 @@ from traitlens.backbones.protocols import ViTLike, as_vit
 from traitlens.models.backbone import build_backbone, set_drop_path
 from traitlens.models.base import InterpretableModel
 from traitlens.models.outputs import ModelOutput
-from traitlens.models.registry import register_model_kind
+from traitlens.models.registry import RecipeVariant, register_model_kind
 from traitlens.train import FitConfig
 
 __all__ = ["ATTN_KEYS", "BLURS", "VARIANTS", "PromptCAM"]
@@ -61,15 +61,22 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: The reference normalises with mean = std = 0.5 for every backbone (`data/dataset/utils.py` uses timm's
+#: IMAGENET_INCEPTION_MEAN/STD), not the backbone's own ImageNet statistics.
+_HALF = [0.5, 0.5, 0.5]
+
+
 @register_model_kind(
     "promptcam",
     summary="class prompts on a frozen ViT; prompt c's last-block attention is class c's map, per head",
     recipes={
-        # The reference, DINO ViT-B/16 on CUB (§1.7): SGD 0.9, wd 1e-3, lr 5e-3, cosine with 20 warm-up epochs,
-        # 130 epochs on CUB (100 elsewhere), batch 16 × 4 GPUs, CE only.
+        # The reference, DINO ViT-B/16 on CUB (§1.7; `experiment/config/prompt_cam/dino/cub/args.yaml`, every value in
+        # docs/recipes.md): SGD 0.9, wd 1e-3 on every tuned parameter, lr 5e-3, timm cosine per epoch (20 warm-up
+        # epochs from 0, floor 1e-6), 130 epochs, batch 16 × 4 GPUs, CE only; train Resize 240 → RandomCrop 224 → flip.
         "reference": FitConfig(epochs=130, mode="model", optimizer="sgd", lr=5e-3, weight_decay=1e-3,
-                               schedule="cosine", warmup_epochs=20, batch_size=64, label_smoothing=0.0, seed=42,
-                               selection="val"),
+                               weight_decay_all=True, schedule="cosine", schedule_per="epoch", warmup_epochs=20,
+                               warmup_lr=0.0, min_lr=1e-6, batch_size=64, label_smoothing=0.0, seed=42,
+                               selection="val", augment_flip=True, augment_crop=True, crop_resize=240),
         # Tiny TraitShapes backbones on 2 CPU cores. lr 3e-2: the few prompt parameters underfit at 1e-2
         # (docs/models_evidence.md, "Deep Prompt-CAM: learning rate"); batch 32 and 6 epochs: steadier across seeds
         # than 64 × 4 (docs/history.md, "Quickstart by-design models").
@@ -82,13 +89,22 @@ def __getattr__(name: str) -> Any:
     # such as the quickstart's has moved the evidence into CLS by then (docs/history.md, "Prompt-CAM in the
     # quickstart").
     quick_options={"drop_path": 0.0, "variant": "shallow"},
+    # DINO configs: vpt_dropout 0.1, drop_path_rate 0.1; Deep prompts (the released code's only variant).
+    reference_options={"variant": "deep", "prompt_dropout": 0.1, "drop_path": 0.1,
+                       "backbone_args": {"pretrained_cfg_overlay": {"mean": _HALF, "std": _HALF}}},
+    variants={"reference": (
+        # `experiment/config/prompt_cam/dinov2/cub/args.yaml`: lr 1e-3, warm-up from 1e-6, no dropout or drop-path,
+        # 224 px (the position embedding resampled from 518).
+        RecipeVariant(("*dinov2*",), fit={"lr": 1e-3, "warmup_lr": 1e-6},
+                      options={"prompt_dropout": 0.0, "drop_path": 0.0, "backbone_args": {"img_size": 224}},
+                      note="DINOv2 configs"),
+    )},
     notes=(
-        "reference cosine steps per epoch with lr_min 1e-6 and a warm-up from 0 (DINOv2: from 1e-6); fit's cosine "
-        "steps per batch down to 0",
-        "reference selects the best top-1 on its test split: pass the test split as val_set for parity",
-        "reference preset: prompt_dropout=0.1 and drop_path 0.1 for DINO (0.0/0.0 for DINOv2), "
-        "mean = std = 0.5 for every backbone, train Resize(240)→RandomCrop(224)→HFlip",
-        "lr 1e-2 for Cars and Birds-525; DINOv2 CUB 1e-3",
+        "reference trains epoch e at the rate scheduled for e-1 (it steps timm's scheduler after the epoch), so its "
+        "first two epochs run at warmup_lr; traitlens uses rate e in epoch e",
+        "reference selects the best top-1 on its test split; traitlens selects on a validation split",
+        "reference drops the last incomplete batch of each epoch (drop_last=True); traitlens trains on it",
+        "lr 1e-2 for Cars and Birds-525, DINO 100 epochs off CUB: set them with overrides",
     ),
 )
 class PromptCAM(InterpretableModel):

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from traitlens.models.backbone import (
+    accepts_any_size,
     backbone_channels,
     backbone_features,
     build_backbone,
@@ -33,7 +34,7 @@ from traitlens.models.backbone import (
 from traitlens.models.base import InterpretableModel
 from traitlens.models.outputs import ModelOutput
 from traitlens.models.position import sine_position_encoding
-from traitlens.models.registry import register_model_kind
+from traitlens.models.registry import RecipeVariant, register_model_kind
 from traitlens.train import FitConfig
 
 __all__ = ["SCOUTER", "XSlotAttention", "area_size", "least_similar_class", "normalize_class_maps"]
@@ -155,20 +156,33 @@ def least_similar_class(logits: torch.Tensor, labels: torch.Tensor,
     "scouter",
     summary="class slots with positive (e=+1) or negative (e=-1) evidence and an area loss",
     recipes={
-        # The reference (§3.4): AdamW lr 1e-4 with weight decay 0.01 (AdamW's default, which it really uses),
-        # batch 64, 10 epochs (its CLI default), last epoch kept.
-        "reference": FitConfig(epochs=10, mode="model", optimizer="adamw", lr=1e-4, weight_decay=0.01,
-                               schedule="constant", batch_size=64, label_smoothing=0.0, seed=42, selection="last"),
+        # The reference's CUB-200 recipe for SCOUTER₊ (§3.4; `train.py` and the README's CUB command, every value in
+        # docs/recipes.md): AdamW lr 1e-4 with weight decay 0.01 on every parameter (AdamW's default, which it really
+        # uses), StepLR ×0.1 after epoch 70, batch 64, 150 epochs, no augmentation, last epoch kept.
+        "reference": FitConfig(epochs=150, mode="model", optimizer="adamw", lr=1e-4, weight_decay=0.01,
+                               weight_decay_all=True, schedule="steplr", step_size=70, gamma=0.1, batch_size=64,
+                               label_smoothing=0.0, seed=42, selection="last"),
         "quick": FitConfig(epochs=4, mode="model", optimizer="adamw", lr=1e-3, weight_decay=0.01,
                            schedule="onecycle", batch_size=64, label_smoothing=0.0, seed=0, selection="val"),
     },
     # Both slot renormalisations scale the dot products by about the slot count, which saturates the sigmoid from
     # the start on a small backbone (docs/history.md, "SCOUTER in short runs").
     quick_options={"renorm": "none"},
+    # CUB SCOUTER₊: 5 slots per class, λ 10, p 2, a 3-layer key MLP, d 64, 260 px square inputs (the README's
+    # `--slots_per_class 5 --lambda_value 10 --power 2 --to_k_layer 3`, `--img_size` 260 by default).
+    reference_options={"slots_per_class": 5, "lambda_area": 10.0, "power": 2.0, "to_k_layers": 3, "hidden_dim": 64,
+                       "e": 1, "input_size": 260},
+    variants={"reference": (
+        # A ViT keeps its own input size (224; 260 is not a multiple of 14 or 16), DINOv2's resampled from 518.
+        RecipeVariant(("*vit*", "*deit*", "*eva*"), options={"input_size": None}, note="ViT backbones: 224 px"),
+        RecipeVariant(("*dinov2*",), options={"backbone_args": {"img_size": 224}}, note="DINOv2 at 224 px, not 518"),
+    )},
     notes=(
-        "reference StepLR ×0.1 at epoch 70 (beyond the 10-epoch default) is not a fit schedule",
-        "reference keeps the last epoch plus one every 10 epochs",
-        "recipes: slots_per_class 1-5, lambda_area 0.2-10, to_k_layers 3 for ImageNet/CUB, 260 px square resize",
+        "reference pre-trains the FC baseline (timm model + linear head) first and starts SCOUTER from it (use_pre): "
+        "train `finetune` first and pass its folder as the backbone",
+        "reference CUB runs use the first 25 classes; SCOUTER₋ on CUB: e=-1, slots_per_class=3, lambda_area=1",
+        "reference keeps the last epoch plus one every 10 epochs (selection='reference')",
+        "reference drops the last incomplete batch of each epoch (drop_last=True); traitlens trains on it",
     ),
 )
 class SCOUTER(InterpretableModel):
@@ -185,6 +199,8 @@ class SCOUTER(InterpretableModel):
         q_proj: "identity" (reference) | "linear" (paper). renorm: "reference" | "abs" | "none".
         frozen_stages: backbone stages frozen (see `freeze_stages`); None = 2 (stem + layer1 + layer2) when the
             backbone came with weights (pretrained name, directory or module) and 0 for a random timm name.
+        input_size: the square side images are resized to (`data_config(net)["input_size"]`; reference 260); None
+            keeps the backbone's. A fixed-size ViT only accepts its own size.
         vit_final_norm: apply a ViT backbone's final norm to its patch tokens.
         vit_block: the ViT block whose patch tokens feed the slots (-1: the last). Under class-token pooling
             the last block's patch outputs never reach the classification loss, so -2 gives trained features.
@@ -215,6 +231,7 @@ class SCOUTER(InterpretableModel):
         vit_final_norm: bool = False,
         vit_block: int = -1,
         slot_seed: int | None = None,
+        input_size: int | None = None,
         pretrained: bool = True,
         backbone_args: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
@@ -249,7 +266,21 @@ class SCOUTER(InterpretableModel):
                    "hidden_dim": hidden_dim, "iterations": iterations, "to_k_layers": to_k_layers,
                    "q_proj": q_proj, "renorm": renorm, "frozen_stages": frozen_stages,
                    "vit_final_norm": vit_final_norm, "vit_block": vit_block}
+        if input_size is not None:
+            options["input_size"] = int(input_size)
         self._init_common(spec, options, class_names)
+        if input_size is not None:
+            self._set_input_size(int(input_size))
+
+    def _set_input_size(self, side: int) -> None:
+        """Record the input size the model is trained and explained at (the reference's `--img_size`)."""
+        current = tuple(self.pretrained_cfg["input_size"][1:])
+        if side < 1:
+            raise ValueError(f"input_size must be positive, got {side}")
+        if not accepts_any_size(self.backbone) and current != (side, side):
+            raise ValueError(f"input_size={side}: this ViT backbone takes {current[0]}x{current[1]} images only; "
+                             "pass backbone_args={'img_size': ...} or leave input_size unset")
+        self.pretrained_cfg["input_size"] = (3, side, side)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone feature map F [B,C_b,h,w] (§3.1 step 1); also what classic Grad-CAM differentiates."""

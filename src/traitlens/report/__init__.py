@@ -1,5 +1,6 @@
 """Reports: self-contained HTML pages with figures and tables, and the words and legends that go with them."""
 
+from traitlens.report.atlas_html import write_atlas_html
 from traitlens.report.findings import (
     NEAR_CHANCE_GAP,
     Findings,
@@ -19,4 +20,4 @@ from traitlens.report.legend import (
 
 __all__ = ["COLUMN_LEGEND", "CONTENT_WIDTH_PX", "NEAR_CHANCE_GAP", "SOURCE_COLOURS", "SOURCE_LEGEND", "Findings",
            "HtmlReport", "Swatch", "accuracy_status", "accuracy_warning", "findings", "leaderboard_figure",
-           "leaderboard_legend", "near_chance_threshold"]
+           "leaderboard_legend", "near_chance_threshold", "write_atlas_html"]

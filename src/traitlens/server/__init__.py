@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch.nn as nn
     from fastapi import FastAPI
 
+    from traitlens.evaluation import Atlas
+
 __all__ = ["DEFAULT_MODEL", "ServerLimits", "create_app", "load_served_models", "serve", "served_name"]
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,13 @@ def _require_web() -> None:
 
 
 def create_app(models: dict[str, nn.Module], limits: ServerLimits | None = None,
-               allowed_hosts: list[str] | None = None, docs: bool = False) -> FastAPI:
+               allowed_hosts: list[str] | None = None, docs: bool = False,
+               atlases: dict[str, Atlas] | None = None) -> FastAPI:
     """Build the FastAPI app (see `traitlens.server.app.create_app`); needs the 'web' extra."""
     _require_web()
     from traitlens.server.app import create_app as _create
 
-    return _create(models, limits, allowed_hosts, docs=docs)
+    return _create(models, limits, allowed_hosts, docs=docs, atlases=atlases)
 
 
 def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
@@ -110,6 +113,22 @@ def load_served_models(model: str | Path | Sequence[str | Path] | None) -> dict[
     return models
 
 
+def _served_atlases(folders: Sequence[str | Path] | None, model: str | Path | Sequence[str | Path] | None,
+                    models: dict[str, nn.Module]) -> dict[str, Atlas]:
+    """The atlases given with --atlas, then those found next to the served model folders."""
+    from traitlens.server.atlas_view import find_atlases, load_atlases
+
+    specs: dict[str, str | Path] = {}  # the specs `load_served_models` loaded, in its order (duplicates dropped)
+    for spec in _model_specs(model):
+        specs.setdefault(str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else str(spec),
+                         spec)
+    found = [p for spec, net in zip(specs.values(), models.values(), strict=True) for p in find_atlases(spec, net)]
+    atlases = load_atlases([*(folders or []), *found])
+    if atlases:
+        log.info("atlases: %s (at /atlas)", ", ".join(atlases))
+    return atlases
+
+
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and 'localhost'."""
     if host == "localhost":
@@ -121,7 +140,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "127.0.0.1", port: int = 8000,
-          docs: bool = False, **limits: Any) -> None:
+          docs: bool = False, atlas: Sequence[str | Path] | None = None, **limits: Any) -> None:
     """Serve the explanation page and JSON API until interrupted.
 
     Args:
@@ -157,7 +176,7 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
         log.warning("serving on %s: anyone who can reach this address can use the server (there is no "
                     "authentication); bind 127.0.0.1 unless you mean it", host)
         allowed = ["*"]
-    app = create_app(models, lim, allowed_hosts=allowed, docs=docs)
+    app = create_app(models, lim, allowed_hosts=allowed, docs=docs, atlases=_served_atlases(atlas, model, models))
     shown = f"[{host}]" if ":" in host else host
     log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json%s; models: %s)", shown, port,
              ", /docs" if docs else "", ", ".join(models))

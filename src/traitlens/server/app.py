@@ -18,7 +18,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from traitlens import __version__
+from traitlens.evaluation import Atlas
 from traitlens.server._limits import ServerLimits
+from traitlens.server.atlas_view import atlas_router
 from traitlens.server.concepts import concept_class
 from traitlens.server.middleware import (
     LOOPBACK_HOSTS,
@@ -43,6 +45,7 @@ def create_app(
     limits: ServerLimits | None = None,
     allowed_hosts: list[str] | None = None,
     docs: bool = False,
+    atlases: Mapping[str, Atlas] | None = None,
 ) -> FastAPI:
     """Build the app serving `models` (name → loaded model; the first is the default).
 
@@ -52,6 +55,7 @@ def create_app(
         allowed_hosts: Host header values to answer (DNS-rebinding guard); `["*"]` for any. None: loopback
             names plus `testserver` (FastAPI's TestClient).
         docs: serve FastAPI's interactive `/docs` page (it loads Swagger UI from a CDN); off by default.
+        atlases: trait atlases to show at `/atlas` (name → `Atlas`, see `server.atlas_view.load_atlases`).
 
     Returns:
         The FastAPI app; its OpenAPI schema is at `/openapi.json`, the page at `/` (and `/docs` with `docs`).
@@ -70,6 +74,7 @@ def create_app(
     app = FastAPI(title="traitlens serve", version=__version__, lifespan=lifespan, description=_DESCRIPTION,
                   docs_url="/docs" if docs else None, redoc_url=None)
     app.state.server = srv
+    app.state.atlases = dict(atlases or {})
     # Added innermost first: a request meets SecurityHeaders, InternalErrors, ConcurrencyLimit, HostGuard,
     # OriginGuard, then BodyLimit, then the routes.
     app.add_middleware(BodyLimit, max_bytes=srv.limits.max_request_bytes)
@@ -80,4 +85,5 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     app.include_router(router)
+    app.include_router(atlas_router)
     return app

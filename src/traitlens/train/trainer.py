@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from traitlens._io import atomic_write, sweep_temp_files
 from traitlens.backbones.loading import save_model
 from traitlens.backbones.preprocess import normalize
-from traitlens.train.augment import flip_and_shift
+from traitlens.train.augment import crop_resize_size, eval_transform, flip_and_shift, input_hw, resize_and_crop
 from traitlens.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from traitlens.train.optim import check_schedule, make_optimizer, make_scheduler
 from traitlens.train.precision import autocast_dtype, unfused_attention
 from traitlens.train.resume import check_resumable, dataset_fingerprint
 
@@ -42,22 +43,40 @@ MODES = ("finetune", "linear", "model")
 
 @dataclass
 class FitConfig:
-    """Training recipe.
+    """Training recipe (the per-model and pretrained-backbone recipes: `traitlens.models.recommended_fit_config`,
+    docs/recipes.md).
 
     Attributes:
         epochs: passes over the training set.
         mode: "finetune" (all parameters), "linear" (classifier only, backbone frozen) or "model" (train the
             parameters that already require grad — the interpretable models freeze their own backbone).
         lr, weight_decay: AdamW (or SGD) settings.
-        optimizer: "adamw" | "sgd".
-        schedule: "onecycle" | "cosine" (linear warm-up of `warmup_epochs`, then cosine) | "constant".
-        batch_size: images per step.
+        optimizer: "adamw" | "sgd" (momentum 0.9).
+        weight_decay_all: also decay 1-D parameters (biases, norms, scalars), as a plain
+            `optimizer(params, weight_decay=...)` does in the reference repositories; off: they get no decay.
+        backbone_lr: learning rate of the backbone's parameters (an interpretable model's `backbone.*`; for a timm
+            classifier everything outside `get_classifier()`), the rest trains at `lr`. None: everything at `lr`
+            (INTR's own `param_groups` then scales its backbone by `backbone_lr_scale`).
+        schedule: "onecycle" | "cosine" (linear warm-up of `warmup_epochs`, then cosine down to `min_lr`) |
+            "steplr" (×`gamma` every `step_size` epochs, torch's StepLR) | "constant".
+        schedule_per: "batch" (the lr changes every step) or "epoch" (constant within an epoch; "cosine" then
+            follows timm's `CosineLRScheduler` as Prompt-CAM uses it: warm-up from `warmup_lr` to `lr` over
+            `warmup_epochs`, then `min_lr + (lr − min_lr)·(1 + cos(π·e/epochs))/2`). "steplr" is per epoch either way.
+        warmup_epochs, warmup_lr, min_lr: the cosine schedule's warm-up length, warm-up start and floor.
+        step_size, gamma: StepLR's period (epochs) and factor.
+        batch_size: images per step (the global batch: a distributed run splits it over the ranks).
         label_smoothing: cross-entropy smoothing.
         grad_clip: max gradient norm (0 disables).
         seed: seeds initial RNG and the per-epoch shuffling.
         augment_flip, augment_shift: per-image random left-right flips and translations by up to `augment_shift`
             pixels, drawn per epoch from the seed (`train.augment`; off by default). Under DDP each rank draws for its
             own shard, so an augmented distributed run is not step-for-step the single-process one.
+        augment_crop: resize each training batch to `crop_resize` (`train.augment.crop_resize_size`) and crop a
+            random window of the model's input size per image (`Resize → RandomCrop`), before the flips. Build the
+            training set at that size to skip the resampling.
+        crop_resize: side the shorter image side is resized to before cropping; 0 = input size / 0.875 (224 → 256).
+        eval_crop: validation images resized the same way and centre-cropped to the input size (`Resize →
+            CenterCrop`, e.g. DINO's linear evaluation); off: they are used as given.
         amp: mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX / AVX512-BF16 (`train.precision`).
         selection: "val" (keep the best validation top-1), "last", or "reference" (the model's
             `reference_selection`: "best_val", "last", or "last+every10" which also keeps every 10th epoch).
@@ -79,6 +98,16 @@ class FitConfig:
     amp: bool = True
     selection: str = "val"
     num_workers: int = 0
+    weight_decay_all: bool = False
+    backbone_lr: float | None = None
+    schedule_per: str = "batch"
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    step_size: int = 0
+    gamma: float = 0.1
+    augment_crop: bool = False
+    crop_resize: int = 0
+    eval_crop: bool = False
 
 
 @dataclass
@@ -162,8 +191,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> float:
-    """Top-1 accuracy of `model` (eval mode) on `dataset`; sharded over ranks when torch.distributed runs."""
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = False,
+                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy of `model` (eval mode) on `dataset`; sharded over ranks when torch.distributed runs.
+
+    `transform` maps each batch of images in [0, 1] on the model's device before normalisation (e.g.
+    `eval_transform(model, cfg)`, the recipe's centre crop).
+    """
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -172,7 +206,10 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     batches = iterate_batches(dataset, batch_size, shard=(dist_.rank, dist_.world), pin_memory=device.type == "cuda")
     for images, labels in tqdm(batches, total=math.ceil(len(cast(Sized, dataset)) / batch_size), disable=not progress,
                                desc="eval", leave=False):
-        logits = model(normalize(model, images.to(device, non_blocking=True)))
+        images = images.to(device, non_blocking=True)
+        if transform is not None:
+            images = transform(images)
+        logits = model(normalize(model, images))
         correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += labels.numel()
     model.train(was_training)
@@ -217,39 +254,6 @@ def _trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     return params
 
 
-def _optimizer(model: nn.Module, params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
-    if hasattr(model, "param_groups"):  # a model's own recipe, e.g. INTR's lower backbone learning rate
-        groups = cast(Any, model).param_groups(cfg)
-    else:
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adamw or sgd")
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, steps_per_epoch: int):
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    if cfg.schedule == "onecycle":
-        max_lr = [g.get("lr", cfg.lr) for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.15)
-    if cfg.schedule == "cosine":
-        warm = int(cfg.warmup_epochs * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
-    raise ValueError(f"unknown schedule '{cfg.schedule}'; choose onecycle, cosine or constant")
-
-
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -284,6 +288,9 @@ def fit(
         raise ValueError(f"unknown selection '{cfg.selection}'; choose 'val', 'last' or 'reference'")
     if cfg.augment_shift < 0:
         raise ValueError(f"augment_shift must be >= 0 pixels, got {cfg.augment_shift}")
+    if cfg.crop_resize < 0:
+        raise ValueError(f"crop_resize must be >= 0 pixels, got {cfg.crop_resize}")
+    check_schedule(cfg)
     selection, keep_every = cfg.selection, 0
     if selection == "reference":
         rule = getattr(model, "reference_selection", "best_val")
@@ -301,8 +308,11 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and dist_.is_main
     steps_per_epoch = math.ceil(len(cast(Sized, train_set)) / cfg.batch_size)
-    opt = _optimizer(model, params, cfg)
-    sched = _scheduler(opt, cfg, steps_per_epoch)
+    opt = make_optimizer(model, params, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    crop = input_hw(model) if cfg.augment_crop else None
+    crop_from = crop_resize_size(crop, cfg.crop_resize) if crop is not None else None
+    val_transform = eval_transform(model, cfg)
     amp_dtype = autocast_dtype(device) if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     result = FitResult(out=out_dir)
@@ -317,7 +327,9 @@ def fit(
         if out_dir is None:
             raise ValueError("resume=True needs the run directory `out`")
         state = load_checkpoint(out_dir / CHECKPOINT_NAME, map_location=device)
-        check_resumable(state, asdict(cfg), fingerprint, out_dir / CHECKPOINT_NAME)
+        # A setting added after the checkpoint was written ran at its default then.
+        saved = {**state, "config": {**asdict(FitConfig()), **state.get("config", {})}}
+        check_resumable(saved, asdict(cfg), fingerprint, out_dir / CHECKPOINT_NAME)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -343,6 +355,8 @@ def fit(
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if crop is not None and crop_from is not None:  # Resize → RandomCrop before the flips, as the references
+                images = resize_and_crop(images, crop, crop_from, augment)
             if cfg.augment_flip or cfg.augment_shift:
                 images = flip_and_shift(images, augment, cfg.augment_flip, cfg.augment_shift)
             images = normalize(model, images)
@@ -368,9 +382,10 @@ def fit(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         seen, loss_sum, correct = dist_.sum([seen, loss_sum, correct])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   "lr": sched.get_last_lr()[0], "images_per_s": seen / (time.perf_counter() - t0)}
+                   "lr": float(sched.get_last_lr()[0]), "images_per_s": seen / (time.perf_counter() - t0)}
         if val_set is not None:
-            metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256))
+            metrics["val_acc"] = evaluate_accuracy(model, val_set, batch_size=max(cfg.batch_size, 256),
+                                                   transform=val_transform)
         result.history.append(metrics)
         if dist_.is_main:
             log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
