@@ -1,7 +1,8 @@
 """`traitlens quickstart`: the embedded default job, end to end and offline.
 
 Generates a TraitShapes set, trains a tiny ViT on it, explains test images with every registered method
-and writes an HTML report. No downloads.
+and writes an HTML report, plus a few test images in `samples/` (with `samples/labels.json`) that the README's
+Python example loads. No downloads.
 """
 
 from __future__ import annotations
@@ -22,11 +23,21 @@ from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
 from traitlens.models import InterpretableModel, list_model_kinds
-from traitlens.report import HtmlReport
+from traitlens.report import (
+    SOURCE_COLOURS,
+    SOURCE_LEGEND,
+    HtmlReport,
+    Swatch,
+    accuracy_status,
+    accuracy_warning,
+    findings,
+    leaderboard_figure,
+    leaderboard_legend,
+)
 from traitlens.train import FitConfig, evaluate_accuracy, fit, fit_on_cores
-from traitlens.viz import figure_png, head_grid, method_grid
+from traitlens.viz import figure_png, head_grid, method_grid, save_png, to_uint8_image
 
-__all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_quickstart"]
+__all__ = ["QUICK_MODEL_OPTIONS", "QuickstartConfig", "QuickstartResult", "run_quickstart", "sample_name"]
 
 #: The small CPU variant of each interpretable model (each kind's registered `quick_options`).
 QUICK_MODEL_OPTIONS: dict[str, dict] = {k.name: dict(k.quick_options) for k in list_model_kinds()}
@@ -44,6 +55,11 @@ class QuickstartConfig:
     - 9 epochs: what fits the time budget on 2 CPU cores;
     - the by-design models: the first 4,000 training images, each kind's own quick-recipe epochs
       (`interpretable_epochs` None), enough for ≥ 85 % on this ViT ("Quickstart by-design models").
+
+    `samples_per_class` test images of each class are saved as `samples/<class>_<i>.png` (class names with "/"
+    written as "_") for the README's example; `converged_accuracy` is the target under which a model is flagged.
+    `train_processes`: the ViT's training processes (None: one per core, see `fit_on_cores`; 1 trains in this
+    process, which saves the workers' start-up in tiny runs).
     """
 
     out: Path = Path("traitlens-quickstart")
@@ -68,6 +84,8 @@ class QuickstartConfig:
     interpretable_test: int = 1_000
     interpretable_epochs: int | None = None
     converged_accuracy: float = 0.85
+    samples_per_class: int = 1
+    train_processes: int | None = None
     progress: bool = True
 
     def vit_recipe(self) -> FitConfig:
@@ -118,13 +136,16 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     train = materialize(TraitShapes(ts, "train", cfg.n_train), cfg.num_workers, cfg.progress)
     val = materialize(TraitShapes(ts, "val", cfg.n_val), cfg.num_workers, cfg.progress)
     test = materialize(TraitShapes(ts, "test", cfg.n_test), cfg.num_workers, cfg.progress)
+    samples = _save_samples(test, out / "samples", cfg.samples_per_class)
+    log.info("saved %d sample test images in %s", len(samples), out / "samples")
     phases.done("generate data")
 
     torch.manual_seed(cfg.seed)  # the initial weights too: the same command gives the same models
     model = create_preset("traitlens-vit-tiny", cfg.num_classes, class_names=train.classes)
     # One one-thread process per core: faster than two intra-op threads, and robust to a busy machine
     # (docs/history.md, "CPU threading").
-    result = fit_on_cores(model, train, val, cfg.vit_recipe(), out=out / "run", progress=cfg.progress)
+    result = fit_on_cores(model, train, val, cfg.vit_recipe(), out=out / "run", processes=cfg.train_processes,
+                          progress=cfg.progress)
     phases.done("train ViT")
     train_seconds = phases.seconds["train ViT"]
     test_acc = evaluate_accuracy(model, test)
@@ -133,6 +154,8 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     phases.done("test accuracy + histogram baseline")
 
     report = HtmlReport("traitlens quickstart: a tiny ViT on TraitShapes")
+    report.heading("What was found")
+    summary = report.placeholder()
     report.heading("Model and data")
     report.table(
         ["quantity", "value"],
@@ -142,6 +165,7 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
          ["ViT test accuracy", test_acc], ["colour-histogram baseline accuracy", hist_acc],
          ["chance", 1 / cfg.num_classes]],
     )
+    _warn(report, "ViT", test_acc, cfg)
     report.paragraph("The colour-histogram baseline (logistic regression on per-channel histograms) shows the classes "
                      "are not separable by colour statistics alone: the model must find the traits.", note=True)
     report.figure(_curves(result.history), "training curves")
@@ -157,9 +181,12 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
             log.warning("method %s failed: %s", info.name, err)
             skipped[info.name] = f"{type(err).__name__}: {err}"
     report.heading("Explanations of the predicted class")
-    report.paragraph("Rows: test images (true class on the left). Columns: every registered method, for the "
-                     "model's top-1 class (under each map). Signed maps use the diverging scale: orange = evidence "
-                     "for the class, blue = against, black = 0.")
+    report.paragraph("Rows: test images (true and explained class under each image); columns: every registered "
+                     "method, for the model's top-1 class, wrapped into bands of a few methods that each start with "
+                     "the images again. The bar under each map gives its own scale in the method's units (each map "
+                     "is scaled on its own, so compare shapes across methods, not colours). Signed maps use the "
+                     "diverging scale: orange = evidence for the class, blue = against, black = 0; the others run "
+                     "from black (their minimum) to yellow (their maximum).")
     report.figure(method_grid(images01, explanations, row_labels=labels, path=out / "methods.png"),
                   "images × methods")
     if "raw_attention" in explanations and explanations["raw_attention"].head_maps is not None:
@@ -169,8 +196,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     model_dir = result.best_dir or out / "run" / "best"
     interp_acc, nets = _interpretable_section(report, cfg, model_dir, train, val, test, images01, labels, out)
     phases.done("interpretable models")
+    rows: list[dict] = []
     if cfg.leaderboard_images:
-        _leaderboard_section(report, cfg, model, test, nets, {"ViT": test_acc, **interp_acc})
+        rows = _leaderboard_section(report, cfg, model, test, nets, {"ViT": test_acc, **interp_acc})
         phases.done("leaderboard")
     if cfg.same_model_images and nets:
         _same_model_section(report, cfg, nets, test, out)
@@ -178,6 +206,9 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     if skipped:
         report.heading("Methods that failed")
         report.table(["method", "error"], sorted(skipped.items()))
+    found = findings({"ViT": test_acc, **interp_acc}, num_classes=cfg.num_classes, target=cfg.converged_accuracy,
+                     baseline=hist_acc, rows=rows)
+    report.fill(summary, found.text())
     total = time.perf_counter() - t_start
     report.heading("Where the time went")
     report.table(["phase", "seconds"], [[name, f"{sec:.1f}"] for name, sec in phases.seconds.items()])
@@ -188,25 +219,37 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
 
 
 def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch.nn.Module, test,
-                         nets: Mapping[str, torch.nn.Module], accuracy: Mapping[str, float]) -> None:
-    """The small TraitShapes leaderboard: post-hoc methods on the ViT, peer rows, and the models' own maps."""
+                         nets: Mapping[str, torch.nn.Module], accuracy: Mapping[str, float]) -> list[dict]:
+    """The small TraitShapes leaderboard: post-hoc methods on the ViT, peer rows, and the models' own maps.
+
+    Returns its rows (for the "what was found" paragraph)."""
     from traitlens.evaluation import leaderboard_small
 
-    rows, png = leaderboard_small(model, test, n_images=cfg.leaderboard_images, native_models=nets,
-                                  model_name="ViT", accuracies=accuracy)
+    rows, _ = leaderboard_small(model, test, n_images=cfg.leaderboard_images, native_models=nets,
+                                model_name="ViT", accuracies=accuracy)
     report.heading("Leaderboard against the known traits (small)")
-    report.paragraph(f"{cfg.leaderboard_images} test images. trait_pg: the map's peak falls on the trait that "
-                     "tells the class from its sibling; trait_energy: share of positive saliency inside that "
-                     "trait; deletion (lower is better) / insertion (higher is better): faithfulness. Rows "
-                     "prefixed pgc:/captum: come from pytorch-grad-cam and captum; rows ending in :native are the "
-                     "interpretable models' own maps (faithfulness measured on that model). Each row names the model "
-                     "its map came from and that model's test accuracy: rows of different models compare maps of "
-                     "different classifiers, not methods on one classifier (the same-model table does that).")
+    report.paragraph(f"{cfg.leaderboard_images} test images, each explained for its true class, best trait_energy "
+                     "first. Each row names the model its map came from and that model's test accuracy: rows of "
+                     "different models compare maps of different classifiers, not methods on one classifier (the "
+                     "same-model table does that). Every column is explained under the table.")
     columns = [c for c in ("trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
                             "s_per_img") if rows and c in rows[0]]
-    report.table(["method", "model", "model accuracy", *columns],
-                 [[r["method"], r["model"], r["model_acc"], *[r[c] for c in columns]] for r in rows])
-    report.figure(png, "leaderboard")
+    header = ["method", "model", "model accuracy", "source", *columns]
+    report.table(header, [[r["method"], r["model"], r["model_acc"], _source_cell(r["source"]),
+                           *[r[c] for c in columns]] for r in rows])
+    report.heading("What the columns and colours mean", level=3)
+    report.table(["column", "what it measures", "better"], leaderboard_legend(header), text_columns=(1,))
+    report.table(["colour", "source of the map"],
+                 [[_source_cell(src), SOURCE_LEGEND[src]] for src in SOURCE_COLOURS
+                  if any(r["source"] == src for r in rows)], text_columns=(1,))
+    if rows:
+        report.figure(leaderboard_figure(rows), "leaderboard: trait energy, trait pointing game and insertion − "
+                      "deletion per row with 95 % bootstrap intervals; colour = source of the map")
+    return rows
+
+
+def _source_cell(source: str) -> Swatch:
+    return Swatch(SOURCE_COLOURS.get(source, "#8172b3"), source)
 
 
 def _same_model_section(report: HtmlReport, cfg: QuickstartConfig, nets: Mapping[str, torch.nn.Module], test,
@@ -230,6 +273,38 @@ def _same_model_section(report: HtmlReport, cfg: QuickstartConfig, nets: Mapping
         if table.skipped:
             report.paragraph("; ".join(f"{m}: {why}" for m, why in table.skipped.items()), note=True)
         _write_text(out / f"same_model_{kind}.json", json.dumps(table.to_dict()))
+
+
+def _warn(report: HtmlReport, name: str, accuracy: float, cfg: QuickstartConfig) -> None:
+    """A red warning for a model near chance, an amber one for a model below the target, nothing otherwise."""
+    text = accuracy_warning(name, accuracy, cfg.num_classes, cfg.converged_accuracy)
+    if text is not None:
+        near = accuracy_status(accuracy, cfg.num_classes, cfg.converged_accuracy) == "near chance"
+        report.warning(text, "warning" if near else "caution")
+
+
+def sample_name(class_name: str, i: int) -> str:
+    """The file of a class's `i`-th saved sample: ("red-head/plain/fan/spike", 0) → "red-head_plain_fan_spike_0.png"."""
+    return f"{class_name.replace('/', '_').replace(' ', '-')}_{i}.png"
+
+
+def _save_samples(test, folder: Path, per_class: int) -> dict[str, str]:
+    """Save the first `per_class` test images of each class as PNGs and `labels.json` (file name → class)."""
+    taken: dict[int, int] = {}
+    labels: dict[str, str] = {}
+    for i in range(len(test)):
+        c = int(test.labels[i])
+        if taken.get(c, 0) >= per_class:
+            continue
+        name = sample_name(test.classes[c], taken.get(c, 0))
+        save_png(to_uint8_image(test[i]["image"]), folder / name)
+        labels[name] = test.classes[c]
+        taken[c] = taken.get(c, 0) + 1
+        if len(taken) == len(test.classes) and all(n >= per_class for n in taken.values()):
+            break
+    if labels:
+        _write_text(folder / "labels.json", json.dumps(dict(sorted(labels.items())), indent=1))
+    return labels
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -270,8 +345,11 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
 
     report.heading("Interpretable-by-design models on the quickstart ViT")
     accuracy = {kind: acc for kind, (acc, _, _) in results.items()}
-    report.table(["model", f"test accuracy ({len(test_subset)} images)", "epochs", "train time", "converged"],
-                 [[kind, acc, epochs, f"{sec:.0f} s", "yes" if acc >= cfg.converged_accuracy else "NO"]
+    status = {"ok": "yes", "below target": "NO: below target", "near chance": "NO: near chance"}
+    report.table(["model", f"test accuracy ({len(test_subset)} images)", "epochs", "train time",
+                  f"converged (≥ {cfg.converged_accuracy:.0%})"],
+                 [[kind, acc, epochs, f"{sec:.0f} s", status[accuracy_status(acc, cfg.num_classes,
+                                                                            cfg.converged_accuracy)]]
                   for kind, (acc, epochs, sec) in results.items()])
     report.paragraph(f"Each trained on {len(subset)} images with its 'quick' recipe: Prompt-CAM (shallow: class "
                      "prompts from the first block) keeps the ViT frozen, INTR "
@@ -279,10 +357,7 @@ def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_d
                      "slot-attention renormalisation: in so short a run the renormalised sigmoid saturates.",
                      note=True)
     for kind, acc in accuracy.items():
-        if acc < cfg.converged_accuracy:
-            report.paragraph(f"Warning: {kind} reached only {acc:.1%} test accuracy (chance "
-                             f"{1 / cfg.num_classes:.1%}); its maps explain a model that has not learnt the "
-                             "classes well.", note=True)
+        _warn(report, kind, acc, cfg)
     for kind, net in nets.items():
         exp = explain(net, normalize(net, images01), method="native")
         report.figure(method_grid(images01, {f"{kind} native": exp}, row_labels=labels),
