@@ -250,3 +250,24 @@ def test_published_weights_get_the_pretrained_recipe_offline_from_the_cache(cub,
     test = CUBDataset(cub, "test", transform=Resize((183, 183)), with_masks=False)  # 160 / 0.875, then cropped
     acc = evaluate_accuracy(net, test, transform=eval_transform(net, LINEAR_PRETRAINED))
     assert json.loads((out / "metrics.json").read_text())["test"] == {"images": 6, "accuracy": acc}
+
+
+def test_augmentation_flags_override_the_recipe_only_when_given(cub, backbone, tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    """Item 6: the reference recipe keeps its flips unless --no-augment-flip; --augment-crop turns crops on."""
+    from traitlens.models import recommended_fit_config
+
+    reference = recommended_fit_config("promptcam", "reference")
+    assert reference.augment_flip and reference.augment_crop  # the paper's Resize -> RandomCrop -> flip
+    out = tmp_path / "ref"
+    code, _, err = run(monkeypatch, capsys, "train", "promptcam", "--data", str(cub), "--backbone", str(backbone),
+                       "--recipe", "reference", "--out", str(out), *FAST)
+    assert code == 0, err
+    config = load_checkpoint(out / "checkpoint.pt")["config"]
+    assert (config["augment_flip"], config["augment_crop"], config["amp"]) == (True, True, False)
+    out = tmp_path / "quick"
+    code, _, err = run(monkeypatch, capsys, "train", "promptcam", "--data", str(cub), "--backbone", str(backbone),
+                       "--augment-crop", "--no-augment-flip", "--augment-shift", "2", "--out", str(out), *FAST)
+    assert code == 0, err
+    config = load_checkpoint(out / "checkpoint.pt")["config"]
+    assert (config["augment_flip"], config["augment_crop"], config["augment_shift"]) == (False, True, 2)

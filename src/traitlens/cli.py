@@ -63,6 +63,14 @@ def data_traitshapes(
     typer.echo(f"wrote {export_cub(train, out, test=test)}")
 
 
+def training_overrides(*, epochs: int, lr: float, batch_size: int, num_workers: int,
+                       **flags: bool | int | None) -> dict[str, Any]:
+    """The FitConfig fields a `train` command line sets: numbers given as non-zero, flags given at all (None = keep
+    the recipe's value, so `--recipe reference` keeps its flips and crops unless the user turns them off)."""
+    numbers = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "num_workers": num_workers}
+    return {**{k: v for k, v in numbers.items() if v}, **{k: v for k, v in flags.items() if v is not None}}
+
+
 #: `linear` / `finetune` train any timm classifier; every registered interpretable model kind is a mode too.
 TRAIN_MODES = ("linear", "finetune", *(kind.name for kind in list_model_kinds()))
 
@@ -99,9 +107,16 @@ def train(
     workers: int = typer.Option(0, help="DataLoader worker processes (0 = load in the training process)."),
     resume: bool = typer.Option(False, help="Continue the run in OUT (same settings and data)."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT (default: refuse)."),
-    amp: bool = typer.Option(True, help="Mixed precision: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16."),
-    augment_flip: bool = typer.Option(False, help="Random left-right flips of the training images."),
-    augment_shift: int = typer.Option(0, help="Random translations of the training images by up to this many px."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision: float16 on a GPU, bfloat16 on a "
+                                                              "CPU with AMX/AVX512-BF16 (default: the recipe's, on)."),
+    augment_flip: bool | None = typer.Option(None, "--augment-flip/--no-augment-flip",
+                                             help="Random left-right flips of the training images (default: the "
+                                                  "recipe's)."),
+    augment_shift: int | None = typer.Option(None, help="Random translations of the training images by up to this "
+                                                        "many px (default: the recipe's)."),
+    augment_crop: bool | None = typer.Option(None, "--augment-crop/--no-augment-crop",
+                                             help="Resize to input/0.875 and crop at random (Resize -> RandomCrop, "
+                                                  "as the reference recipes do; default: the recipe's)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Train a classifier: `linear` probe or `finetune` of a timm model, or an interpretable model on a backbone.
@@ -135,9 +150,9 @@ def train(
                                recipe=recipe, img_size=img_size, allow_random_backbone=allow_random_backbone)
         cfg = recommended_fit_config(mode, recipe, pretrained=published_weights(model, pretrained), backbone=model,
                                      seed=seed)
-        overrides: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v}
-        cfg = replace(cfg, amp=amp, augment_flip=augment_flip, augment_shift=augment_shift, num_workers=workers,
-                      **overrides)
+        cfg = replace(cfg, **training_overrides(epochs=epochs, lr=lr, batch_size=batch_size, num_workers=workers,
+                                                amp=amp, augment_flip=augment_flip, augment_shift=augment_shift,
+                                                augment_crop=augment_crop))
         net = net.to(device)
         splits = open_run_splits(data, net, cfg, val_fraction, split_seed)
         log.info("%s: %s", data, splits.describe())
