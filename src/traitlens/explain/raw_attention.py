@@ -20,6 +20,7 @@ __all__ = ["RawAttention"]
     "raw_attention", signed=False, class_specific=False, needs_grad=False, default_upsample="nearest",
     default_norm="none", cost="1 forward, no grad; fused attention off at one block",
     summary="CLS-row attention of one block (default last), head-fused; per-head maps in head_maps",
+    batched_targets=True, amp_tolerance=0.05,
 )
 class RawAttention(Explainer):
     """M_h = A^ℓ_h[q0, n_p:]; map = fuse_h(M_h).

@@ -63,6 +63,7 @@ def rollout_step(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: f
     "rollout", signed=False, class_specific=False, needs_grad=False, default_upsample="bilinear",
     default_norm="minmax", cost="1 forward, no grad; running N×N product",
     summary="Attention rollout: product of ½(Ā+I) over blocks, CLS row",
+    batched_targets=True, amp_tolerance=0.05,
 )
 class AttentionRollout(Explainer):
     """R = Â_L ⋯ Â_{s+1}, Â_b = `rollout_step`(A_b); map = R[q0, n_p:] (posthoc.md §6).

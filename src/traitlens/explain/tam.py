@@ -24,6 +24,7 @@ ABLATIONS = ("drop", "zero", "mean_token")
     "tam", signed=True, class_specific=True, needs_grad=False, default_upsample="nearest", default_norm="none",
     cost="1 + P forwards per image, no grad, batched [chunk, N−1, D]; all K targets free",
     summary="Token ablation map: y(E) − y(E without patch token i), signed",
+    batched_targets=True,
 )
 class TokenAblationMap(Explainer):
     """TAM_i = y(E) − y(E^(−i)) for every patch token i (posthoc.md §10). Signed: > 0 means token i supports c.
