@@ -18,8 +18,7 @@ import traitlens as tl
 from tests.conftest import make_tiny_vit
 from traitlens.backbones import create_preset
 from traitlens.backbones.probe import AttentionProbe
-from traitlens.explain import _amp, explain, get_method, list_methods, register_method
-from traitlens.explain._amp import AmpUnsafeMethodError
+from traitlens.explain import AmpUnsafeMethodError, _amp, explain, get_method, list_methods, register_method
 
 #: Few samples / steps: the tolerance is per evaluation of the model, not per sample.
 OPTIONS = {"smoothgrad": {"n_samples": 4}, "smooth_cdam": {"n_samples": 4}, "integrated_cdam": {"n_steps": 8}}
