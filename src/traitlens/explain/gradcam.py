@@ -81,7 +81,7 @@ def token_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     summary="Grad-CAM for ViTs (Chefer): ReLU(mean_h(mean_j G_h[q0]·A_h[q0])) on the last block; "
             "variant='tokens' is pytorch-grad-cam on norm1 tokens",
     families=("vit", "prompted_vit"),
-    batched_targets=True, amp_tolerance=0.2,
+    batched_targets=True,
 )
 class GradCAMViT(GradientExplainer):
     """Grad-CAM on the last block of a ViT (posthoc.md §7).
