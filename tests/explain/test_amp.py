@@ -170,7 +170,8 @@ def test_amp_must_be_a_bool(vit_and_images):
 def test_amp_tolerance_metadata():
     assert {"cdam", "gae", "agcam", "rollout", "native"} <= {m.name for m in list_methods()
                                                                if m.amp_tolerance is not None}
-    assert {"lrp", "tam", "gradcam_vit", "integrated_gradients", "smoothgrad", "input_x_gradient"} <= set(UNSAFE)
+    assert {"lrp", "tam", "gradcam_vit", "integrated_cdam", "integrated_gradients", "smoothgrad",
+            "input_x_gradient"} <= set(UNSAFE)
     assert all(m.amp_tolerance is None or 0 < m.amp_tolerance <= 1 for m in list_methods())
     with pytest.raises(ValueError, match="amp_tolerance"):
         register_method("bad_amp", signed=False, class_specific=False, needs_grad=False, default_upsample="nearest",
