@@ -9,7 +9,12 @@ Three parts, each printed as a table and written to `--out` (JSON):
   2. train: images/s and peak memory of full fine-tuning, Prompt-CAM, INTR and SCOUTER (ViT-B/16, 224 px,
      200 classes, batch 64, autocast as the trainer does it);
   3. maps: the same methods on 4 images in float32 (TF32 off) on the device and on the CPU; every map must agree
-     to 1e-4 relative to its largest value. The exit status is 1 when one does not.
+     to 1e-4 relative to its largest value;
+  4. amp: every amp-safe method with `explain(..., amp=True)` (bf16 where the GPU has it, else fp16) against float32
+     on the device, on a model whose attention scores are scaled to a trained ViT's spread (`peaked`): the error,
+     max |amp − fp32| / range(fp32) per map, must stay within the method's registry `amp_tolerance`; plus the time
+     of each at the batch of part 1 (speed-up over part 1's float32 time).
+The exit status is 1 when part 3 or part 4 fails.
 """
 
 from __future__ import annotations
@@ -115,6 +120,57 @@ def maps_part(cfg: dict[str, Any], device: str) -> dict[str, float]:
     return errors
 
 
+def peaked(model: torch.nn.Module, x: torch.Tensor, score_std: float = 2.0) -> torch.nn.Module:
+    """Scale the q and k rows of every block's qkv (first block first) so that its attention scores have standard
+    deviation `score_std` on `x`, about a trained ViT's. Random weights give near-uniform attention, whose maps have
+    almost no contrast and lose it in any half precision; trained models do not look like that."""
+    from traitlens.backbones.probe import AttentionProbe
+
+    for i, blk in enumerate(model.blocks):
+        with torch.no_grad(), AttentionProbe(model, blocks=[i], capture=("q", "k")) as probe:
+            model(x)
+            factor = (score_std / float(probe.scores(i).float().std())) ** 0.5
+            D = blk.attn.qkv.in_features
+            blk.attn.qkv.weight[: 2 * D] *= factor
+            if blk.attn.qkv.bias is not None:
+                blk.attn.qkv.bias[: 2 * D] *= factor
+    return model
+
+
+def range_error(amp: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max over maps of max |amp − ref| / (max ref − min ref); maps constant in float32 are left out."""
+    a, r = amp.flatten(2).double(), ref.flatten(2).double()
+    span = r.amax(-1) - r.amin(-1)
+    live = span > 0
+    return float(((a - r).abs().amax(-1)[live] / span[live]).max()) if bool(live.any()) else 0.0
+
+
+def amp_part(cfg: dict[str, Any], device: str, fp32_rows: dict[str, Any]) -> dict[str, Any]:
+    """amp against float32 maps on `device` per amp-safe method, and the amp time at the batch of part 1."""
+    model, x = bench_explain.build(cfg["model"], cfg["img"], cfg["classes"], cfg["map_batch"], device,
+                                   **cfg["model_kwargs"])
+    peaked(model, x)
+    x_big = torch.randn(cfg["batch"], *x.shape[1:], device=device)
+    rows = {}
+    for name in methods():
+        tol = tl.get_method(name).amp_tolerance
+        if tol is None:
+            continue
+        options = bench_explain.STEP_OPTIONS.get(name, {})
+        torch.manual_seed(0)
+        ref = tl.explain(model, x, method=name, target="topk:3", normalize="none", **options)
+        torch.manual_seed(0)
+        got = tl.explain(model, x, method=name, target=ref.targets, normalize="none", amp=True, **options)
+        err = range_error(got.patch_maps, ref.patch_maps)
+        t = timed(lambda n=name, o=options: tl.explain(model, x_big, method=n, amp=True, **o), cfg["repeats"], device)
+        speedup = fp32_rows[name]["seconds"] / t if name in fp32_rows else float("nan")
+        rows[name] = {"error": err, "tolerance": tol, "ok": err <= tol, "dtype": got.extras.get("amp", "float32"),
+                      "seconds": t, "speedup": speedup}
+        print(f"  {name:24} {rows[name]['dtype']:9} error {err:.2e} (tol {tol}) {'OK' if err <= tol else 'FAIL'}"
+              f"  {t * 1e3:9.1f} ms ({speedup:.2f}x float32)", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) | cuda:i | cpu")
@@ -135,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     results["train"] = train_part(cfg, args.device)
     print(f"3. maps on {args.device} vs CPU, float32, {cfg['map_batch']} images")
     results["maps"] = maps_part(cfg, args.device)
+    print(f"4. amp against float32 on {args.device}, {cfg['map_batch']} images (timed at batch {cfg['batch']})")
+    results["amp"] = amp_part(cfg, args.device, results["explain"]["methods"])
     results["seconds"] = time.perf_counter() - t0
-    ok = all(err <= TOLERANCE for err in results["maps"].values())
-    results["maps_ok"] = ok
-    print(f"done in {results['seconds']:.0f} s; maps {'agree' if ok else 'DISAGREE'} to {TOLERANCE}")
+    maps_ok = all(err <= TOLERANCE for err in results["maps"].values())
+    amp_ok = all(r["ok"] for r in results["amp"].values())
+    results["maps_ok"], results["amp_ok"] = maps_ok, amp_ok
+    ok = maps_ok and amp_ok
+    print(f"done in {results['seconds']:.0f} s; maps {'agree' if maps_ok else 'DISAGREE'} to {TOLERANCE}; "
+          f"amp maps {'within' if amp_ok else 'BEYOND'} their tolerances")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

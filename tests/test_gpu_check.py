@@ -34,6 +34,13 @@ def test_dry_run_on_the_cpu(gpu_check, tmp_path):
     assert all(r["images_per_s"] > 0 and r["trainable"] > 0 for r in res["train"])
     # Prompt-CAM trains only its prompts and scorer: far fewer parameters than full fine-tuning
     assert res["train"][1]["trainable"] < res["train"][0]["trainable"] / 10
+    # amp part: every amp-safe timed method, within its tolerance (bf16 on a CPU with bf16 units, else float32)
+    amp = res["amp"]
+    assert res["amp_ok"] and set(amp) == {m for m in names if gpu_check.tl.get_method(m).amp_tolerance is not None}
+    assert {"cdam", "gae", "rollout"} <= set(amp) and "lrp" not in amp and "tam" not in amp
+    for row in amp.values():
+        assert row["error"] <= row["tolerance"] and row["seconds"] > 0 and row["dtype"] in ("bfloat16", "float32")
+        assert (row["error"] > 0) == (row["dtype"] == "bfloat16")  # bf16 moves the maps, float32 does not
 
 
 def test_cuda_requested_without_a_gpu_is_refused(gpu_check, monkeypatch, capsys):

@@ -94,3 +94,100 @@ def test_lrp_frozen_parameters_same_maps(tiny_vit, tiny_images):
 def test_bad_internal_batch_size(tiny_vit, bad):
     with pytest.raises(ValueError, match="internal_batch_size"):
         LRPTransformerAttribution(tiny_vit(depth=1), internal_batch_size=bad)
+
+
+# ----------------------------------------------------------------------------- the forward-only methods
+
+PLAIN = ("rollout", "raw_attention", "tam")
+
+
+def block_rows(model: nn.Module) -> tuple[list[int], object]:
+    """Record the rows of every call of the first block (one per forward pass, TAM's ablated passes included)."""
+    seen: list[int] = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    return seen, handle
+
+
+def plain_passes(method: str, internal_batch_size: int | str | None, B: int, P: int) -> list[int]:
+    """Rows of each pass by hand: images for rollout and raw_attention; for TAM the B clean sequences, then the
+    B·P ablated ones, each split into passes of at most `internal_batch_size` rows."""
+    def split(total: int) -> list[int]:
+        size = total if internal_batch_size in (None, "auto") else int(internal_batch_size)
+        return [min(size, total - s) for s in range(0, total, size)]
+
+    return split(B) + (split(B * P) if method == "tam" else [])
+
+
+@pytest.mark.parametrize("method", PLAIN)
+def test_plain_methods_chunk_1_equals_chunk_b_equals_auto(tiny_vit, tiny_images, method):
+    model = tiny_vit(depth=2, reg_tokens=1)  # P = 4 patches
+    x = tiny_images(3)
+    out = {}
+    for ibs in (1, 3, None, "auto"):  # 'auto' on a tiny model: every row in one pass
+        seen, handle = block_rows(model)
+        try:
+            out[ibs] = explain(model, x, method, target="topk:2", internal_batch_size=ibs, normalize="none")
+        finally:
+            handle.remove()
+        assert seen == plain_passes(method, ibs, 3, 4)
+    ref = out[None]
+    assert float(ref.patch_maps.abs().amax(dim=(-2, -1)).min()) > 0  # no image has an all-zero map
+    for ibs in (1, 3, "auto"):
+        torch.testing.assert_close(out[ibs].patch_maps, ref.patch_maps, atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[ibs].logits, ref.logits, atol=1e-6, rtol=0)
+        assert torch.equal(out[ibs].targets, ref.targets)
+        if method == "raw_attention":
+            torch.testing.assert_close(out[ibs].head_maps, ref.head_maps, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", PLAIN)
+def test_plain_methods_auto_fits_the_budget(tiny_vit, tiny_images, method, monkeypatch):
+    """A budget below one row's estimate gives one row per pass (at least one), with the same maps."""
+    model = tiny_vit(depth=2)
+    x = tiny_images(2)
+    monkeypatch.setattr(_gradients, "AUTO_BUDGET_BYTES", 1)
+    seen, handle = block_rows(model)
+    try:
+        got = explain(model, x, method, normalize="none").patch_maps  # default: 'auto'
+    finally:
+        handle.remove()
+    assert seen == plain_passes(method, 1, 2, 4)
+    torch.testing.assert_close(got, explain(model, x, method, normalize="none", internal_batch_size=None).patch_maps,
+                               atol=1e-6, rtol=0)
+
+
+def test_plain_methods_auto_estimates_at_vit_b_518_px():
+    """ViT-B/14 with 4 registers at 518 px (N = 1374, H = 12, D = 768; the depth does not enter the estimates):
+    a pass holds a handful of images for rollout and raw attention and ~40 ablated sequences for TAM, i.e. about
+    2 GiB; at 224 px with patch 16 (N = 197) 150–300."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from traitlens.explain.raw_attention import RawAttention
+    from traitlens.explain.rollout import AttentionRollout
+    from traitlens.explain.tam import TokenAblationMap
+
+    big = VisionTransformer(img_size=518, patch_size=14, embed_dim=768, depth=1, num_heads=12, reg_tokens=4,
+                            num_classes=200).eval()
+    N, D, H = 1374, 768, 12
+    attn, tokens = H * N * N * 4, 12 * N * D * 4
+    layout = vit_layout(big, (518, 518))
+    assert layout.num_tokens == N
+    rollout_row = AttentionRollout(big)._row_bytes(layout)
+    assert rollout_row == 3 * attn + 8 * N * N * 4 + tokens  # ≈ 383 MB
+    assert _gradients._rows_per_pass("auto", rollout_row) == 5
+    assert _gradients._rows_per_pass("auto", RawAttention(big)._row_bytes(layout)) == 2 * 2**30 // (3 * attn + tokens)
+    tam = TokenAblationMap(big)
+    assert big.blocks[0].attn.fused_attn  # timm's default: the ablated passes need no [H,N,N] tensor
+    assert _gradients._rows_per_pass("auto", tam._row_bytes(layout)) == 42
+    small = vit_layout(VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=1, num_heads=12), (224, 224))
+    assert _gradients._rows_per_pass("auto", tam._row_bytes(small)) == 2 * 2**30 // (12 * 197 * 768 * 4)
+    n = 197
+    assert _gradients._rows_per_pass("auto", AttentionRollout(big)._row_bytes(small)) == 152 == 2 * 2**30 // (
+        (3 * H + 8) * n * n * 4 + 12 * n * D * 4)
+
+
+@pytest.mark.parametrize("method", PLAIN)
+@pytest.mark.parametrize("bad", [0, -2, 1.5, False, "many"])
+def test_plain_methods_bad_internal_batch_size(tiny_vit, method, bad):
+    with pytest.raises(ValueError, match="internal_batch_size"):
+        explain(tiny_vit(depth=1), torch.zeros(1, 3, 8, 8, dtype=torch.float64), method, internal_batch_size=bad)

@@ -18,6 +18,10 @@ see `traitlens.evaluation.lsc`). Multi-label datasets (items with a multi-hot `l
 score every present class of an image under `target="label"`; images with fewer classes than the batch's widest
 image get padded target slots, which are NaN in `values`, marked in `extras["padded"]` and not counted as undefined.
 
+Every method is called once per batch with all of its images' targets ([B,K]); for the methods whose registry entry
+declares `batched_targets` (CDAM, Grad-CAM, TAM, the native maps, ...) that call runs the network once per batch
+whatever K (tests/evaluation/test_evaluate_batched.py counts the passes).
+
 This module holds `evaluate` and its loop; the steps live beside it: `requests`, `inputs`, `cache`, `padding`,
 `distributed`, `results`, `figures` and `writers`.
 """

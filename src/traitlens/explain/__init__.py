@@ -6,6 +6,7 @@ New methods subclass `Explainer` (or `GradientExplainer`) and register with `@re
 import importlib
 import pkgutil
 
+from traitlens.explain._amp import AmpUnsafeMethodError
 from traitlens.explain._base import Explainer
 from traitlens.explain._compat import (
     FAMILIES,
@@ -29,6 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "FAMILIES",
+    "AmpUnsafeMethodError",
     "Attribution",
     "ChunkMaps",
     "Concept",

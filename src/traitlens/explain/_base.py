@@ -10,12 +10,14 @@ import torch
 import torch.nn as nn
 
 from traitlens.backbones.introspect import ViTLayout, vit_layout
+from traitlens.backbones.protocols import as_vit
 from traitlens.explain._compat import prompted_backbone
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import _check_batch_size, _rows_per_pass
 from traitlens.explain._registry import MethodInfo
 from traitlens.explain._targets import TargetSpec
 
-__all__ = ["Explainer", "fuse", "image_size", "query_row"]
+__all__ = ["Explainer", "forward_bytes", "fuse", "image_size", "query_row", "row_chunks"]
 
 log = logging.getLogger(__name__)
 _warned_pool: set[tuple[int, str]] = set()
@@ -117,3 +119,30 @@ def fuse(x: torch.Tensor, how: str, dim: int) -> torch.Tensor:
     if how == "min":
         return x.amin(dim)
     raise ValueError(f"unknown fusion '{how}'; choose mean, sum, max or min")
+
+
+def row_chunks(total: int, internal_batch_size: int | str | None, row_bytes: int) -> list[tuple[int, int]]:
+    """Ranges [start, stop) covering `total` rows, at most `internal_batch_size` rows each.
+
+    The memory knob of the methods that chunk a plain forward (rollout, raw_attention, TAM), with the semantics of
+    the gradient methods' knob: a positive int fixes the rows per pass, None runs one pass, "auto" takes as many
+    rows as fit in `AUTO_BUDGET_BYTES` at `row_bytes` each (at least one). Always at least one range, so an empty
+    batch still runs one (empty) pass.
+
+    Raises:
+        ValueError: `internal_batch_size` is not a positive int, None or "auto".
+    """
+    _check_batch_size(internal_batch_size)
+    size = _rows_per_pass(internal_batch_size, row_bytes) or max(total, 1)
+    return [(start, min(start + size, total)) for start in range(0, total, size)] or [(0, 0)]
+
+
+def forward_bytes(model: nn.Module, num_tokens: int, itemsize: int = 4) -> int:
+    """Estimated peak working memory of one sequence in a no-grad block forward with fused attention.
+
+    About 12·N·D values: the block input, the normed tokens and the MLP's hidden layer (4·D) before and after the
+    activation; attention-sized [H,N,N] tensors of unfused blocks come on top (`attention_bytes`).
+    """
+    vit = as_vit(model)
+    width = int(getattr(vit, "embed_dim", 0) or vit.blocks[-1].attn.qkv.in_features)
+    return 12 * num_tokens * width * itemsize

@@ -32,6 +32,12 @@ class MethodInfo:
         families: model families it runs on ("vit", "prompted_vit", "cnn", "logits", "native"; see
             `traitlens.explain.model_families`); a model that offers none of them is refused up front.
         concept: accepts a `Concept` target.
+        batched_targets: with its default options, the K targets of an image share one forward of the network
+            (the rows of every pass are images, never (image, target) pairs), so K targets cost about what one
+            does; `evaluate` and the atlas pass all of an image's targets in one call either way.
+        amp_tolerance: how far the maps under `explain(amp=True)` may be from the float32 maps, as a fraction of
+            the float32 map's range (max − min), measured with bf16 autocast on a CPU (docs/performance.md);
+            None: the method is amp-unsafe and `amp=True` is refused.
     """
 
     name: str
@@ -45,6 +51,8 @@ class MethodInfo:
     summary: str
     families: tuple[str, ...] = ("vit",)
     concept: bool = False
+    batched_targets: bool = False
+    amp_tolerance: float | None = None
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -62,17 +70,21 @@ def register_method(
     summary: str,
     families: tuple[str, ...] = ("vit",),
     concept: bool = False,
+    batched_targets: bool = False,
+    amp_tolerance: float | None = None,
 ) -> Callable[[_E], _E]:
     """Class decorator adding an explainer to the registry under `name`."""
 
     if isinstance(families, str) or not families or not all(isinstance(f, str) for f in families):
         raise TypeError(f"families of method '{name}' must be a non-empty tuple of family names, got {families!r}")
+    if amp_tolerance is not None and not 0 < amp_tolerance <= 1:
+        raise ValueError(f"amp_tolerance of method '{name}' must be in (0, 1] or None, got {amp_tolerance!r}")
 
     def deco(cls: _E) -> _E:
         if name in _METHODS:
             raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls.__qualname__}")
         info = MethodInfo(name, cls, signed, class_specific, needs_grad, default_upsample, default_norm,
-                          cost, summary, tuple(families), concept)
+                          cost, summary, tuple(families), concept, batched_targets, amp_tolerance)
         cls.info = info
         _METHODS[name] = info
         return cls

@@ -26,6 +26,7 @@ GRAD_ACTS = ("relu", "abs", "none")
     "agcam", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
     cost="1 forward (unfused attention in all blocks) + 1 backward down to block 1's attention (detached inputs)",
     summary="Attention-Guided CAM: Σ_k Σ_h sigmoid(S^k_h[q0]) ⊙ ReLU(∂y/∂A^k_h[q0]) with attention inputs detached",
+    batched_targets=True, amp_tolerance=0.05,
 )
 class AGCAM(GradientExplainer):
     """M = Σ_k Σ_h sigmoid(Ŝ^k_h) ⊙ ReLU(Ĝ^k_h) ∈ R^P, M ≥ 0 (posthoc.md §4).

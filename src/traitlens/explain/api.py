@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from traitlens.backbones.introspect import class_names_of
+from traitlens.explain._amp import amp_context, to_input_dtype
 from traitlens.explain._base import Explainer, image_size
 from traitlens.explain._compat import check_method
 from traitlens.explain._explanation import Explanation
@@ -37,6 +38,7 @@ def explain(
     target_space: str = "logit",
     upsample: str | None = None,
     normalize: str | None = None,
+    amp: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain `images` with `method` for `target` (top-1 by default).
@@ -50,6 +52,10 @@ def explain(
         upsample: "nearest" | "bilinear"; when None, the method's default (pixel-space methods keep their
             full-resolution map).
         normalize: "none" | "minmax" | "maxabs"; the method's default when None.
+        amp: run the model and the method under autocast: bfloat16 on a GPU that has it (else float16) and on a
+            CPU with bf16 units (elsewhere a warning, and float32). Only for the methods whose maps stay within
+            their registry `amp_tolerance` of float32 (docs/performance.md); the maps come back in the images'
+            dtype. Default off: the float32 maps.
         **options: method options (e.g. `head_fusion="max"`), passed to the method's constructor.
 
     Returns:
@@ -58,7 +64,8 @@ def explain(
     Raises:
         IncompatibleMethodError: the method does not run on this model (`method_refusal` says why); raised before
             any work. A ValueError (and a TypeError).
-        ValueError: unknown method, bad target, unknown option value.
+        ValueError: unknown method, bad target, unknown option value; `AmpUnsafeMethodError` for `amp=True` with
+            a method declared amp-unsafe.
         RuntimeError: called under `torch.inference_mode`.
 
     Example:
@@ -82,8 +89,13 @@ def explain(
     if spec.concept is not None and not info.concept:
         raise ValueError(f"method '{method}' does not take a Concept target; concept-capable: cdam and its variants")
     _check_options(info.cls, method, options)
+    autocast, amp_dtype = amp_context(info, images.device, amp)
     explainer = info.cls(model, **options)
-    raw = explainer.attribute(images, spec, target_space=target_space)
+    with autocast:
+        raw = explainer.attribute(images, spec, target_space=target_space)
+    if amp_dtype is not None:
+        raw = to_input_dtype(raw, images.dtype)
+        raw.extras["amp"] = str(amp_dtype).removeprefix("torch.")
     norm = normalize or info.default_norm
     if info.signed and norm == "minmax":
         log.warning("%s is signed; min-max normalisation maps 0 away from 0 (use 'maxabs' to keep the sign)", method)

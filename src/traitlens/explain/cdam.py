@@ -212,6 +212,7 @@ def to_attribution(
     cost="1 forward (trunk without grad) + 1 backward through the last block only; memory N·D per image",
     summary="Class-discriminative attention maps: Σ_j T·∂y/∂T at the last block's norm1 tokens (signed)",
     families=("vit", "prompted_vit"), concept=True,
+    batched_targets=True, amp_tolerance=0.1,
 )
 class CDAM(Explainer):
     """Vanilla CDAM (posthoc.md §1): S[b,i] = Σ_j T[b,n_p+i,j]·G[b,n_p+i,j], T = blocks[−1].norm1(x^(L−1)), G = ∂y/∂T.

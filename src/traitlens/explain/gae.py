@@ -37,6 +37,7 @@ def gae_relevance(attn: list[torch.Tensor], grads: list[torch.Tensor], query: to
     "gae", signed=False, class_specific=True, needs_grad=True, default_upsample="bilinear", default_norm="minmax",
     cost="1 forward + 1 backward down to block 1's attention + L N² row updates; 2·L·H·N² floats per image",
     summary="Generic attention explainability (Chefer ICCV'21; 'RP' in CDAM): R = Π(I + mean_h(G⊙A)^+), CLS row",
+    batched_targets=True, amp_tolerance=0.1,
 )
 class GAE(GradientExplainer):
     """GAE (posthoc.md §8): Ā_b = mean_h (G_b,h ⊙ A_b,h)^+, R_L = (I+Ā_L)⋯(I+Ā_1) (no row normalisation),

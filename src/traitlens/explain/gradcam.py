@@ -81,6 +81,7 @@ def token_cam(tokens: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     summary="Grad-CAM for ViTs (Chefer): ReLU(mean_h(mean_j G_h[q0]·A_h[q0])) on the last block; "
             "variant='tokens' is pytorch-grad-cam on norm1 tokens",
     families=("vit", "prompted_vit"),
+    batched_targets=True,
 )
 class GradCAMViT(GradientExplainer):
     """Grad-CAM on the last block of a ViT (posthoc.md §7).
@@ -165,6 +166,7 @@ class GradCAMViT(GradientExplainer):
     default_norm="minmax", cost="1 forward (features without grad) + 1 backward through the head only",
     summary="Classic Grad-CAM: ReLU(Σ_c α_c·A_c) on the last conv stage (timm CNNs); ViTs use norm1 tokens",
     families=("cnn", "vit", "prompted_vit"),
+    batched_targets=True, amp_tolerance=0.2,
 )
 class GradCAM(GradientExplainer):
     """Classic Grad-CAM (Selvaraju et al., arXiv 1610.02391) on `model.forward_features` (posthoc.md §7, §0).

@@ -17,6 +17,7 @@ __all__ = ["IntegratedCDAM"]
          "memory m·N·D per image",
     summary="Integrated CDAM: mean of Σ_j T_k·∂g/∂T_k along x_k = (k/m)·x, k = 1..m−1 (signed)",
     families=("vit", "prompted_vit"), concept=True,
+    batched_targets=True,
 )
 class IntegratedCDAM(PerturbedCDAM):
     """x_k = α_k·x + ε_k, α_k = k/m (k = 0..m−1); map_k = Σ_j T_k·∂g/∂T_k, T_k = norm1(x_k); map = mean_{k=1..m−1}.

@@ -8,10 +8,12 @@ from typing import Any, cast
 import torch
 import torch.nn as nn
 
+from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.backbones.protocols import as_vit
-from traitlens.explain._base import Explainer, fuse, query_row
+from traitlens.explain._base import Explainer, forward_bytes, fuse, query_row, row_chunks
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import _check_batch_size, attention_bytes
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec
 
@@ -61,6 +63,7 @@ def rollout_step(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: f
     "rollout", signed=False, class_specific=False, needs_grad=False, default_upsample="bilinear",
     default_norm="minmax", cost="1 forward, no grad; running N×N product",
     summary="Attention rollout: product of ½(Ā+I) over blocks, CLS row",
+    batched_targets=True, amp_tolerance=0.05,
 )
 class AttentionRollout(Explainer):
     """R = Â_L ⋯ Â_{s+1}, Â_b = `rollout_step`(A_b); map = R[q0, n_p:] (posthoc.md §6).
@@ -77,6 +80,8 @@ class AttentionRollout(Explainer):
         query: "cls" (default) or "mean_patches".
         preset: None / "default" (mean, 0.0, "rows") or "jacobgil" (max, 0.9, "jacobgil": jacobgil/vit-explain's
             `vit_explain.py`, which scales the map by its max: pass `normalize="maxabs"` to `explain` for that).
+        internal_batch_size: images per forward; "auto" (default) fits the estimated memory of a pass in 2 GiB
+            (a few ViT-B images at 518 px, hundreds at 224 px); None = one pass. The maps do not depend on it.
 
     Example:
         >>> exp = explain(model, x, method="rollout", preset="jacobgil")  # doctest: +SKIP
@@ -86,8 +91,9 @@ class AttentionRollout(Explainer):
 
     def __init__(self, model: nn.Module, head_fusion: str | None = None, discard_ratio: float | None = None,
                  start_layer: int = 0, renorm: str | None = None, query: str = "cls",
-                 preset: str | None = None) -> None:
+                 preset: str | None = None, internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model)
+        _check_batch_size(internal_batch_size)
         if (preset or "default") not in PRESETS:
             raise ValueError(f"unknown preset '{preset}'; choose from {tuple(PRESETS)}")
         defaults = PRESETS[preset or "default"]
@@ -100,14 +106,25 @@ class AttentionRollout(Explainer):
             raise ValueError(f"unknown renorm '{renorm}'; choose from {RENORMS}")
         self.head_fusion, self.discard_ratio, self.preset = head_fusion, float(discard_ratio), preset or "default"
         self.start_layer, self.renorm, self.query = start_layer, renorm, query
+        self.internal_batch_size = internal_batch_size
 
     def _step(self, attn: torch.Tensor) -> torch.Tensor:
         return rollout_step(attn, self.head_fusion, self.discard_ratio, self.renorm)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         layout = self.layout(images)
+        B = images.shape[0]
+        passes = [self._pass(images[start:stop], layout)
+                  for start, stop in row_chunks(B, self.internal_batch_size, self._row_bytes(layout))]
+        logits = torch.cat([p[0] for p in passes])
+        row = torch.cat([p[1] for p in passes])
+        targets = target.resolve(logits)
+        K = targets.shape[1]
+        return Attribution(row.expand(B, K, *layout.grid).contiguous(), targets, logits)
+
+    def _pass(self, images: torch.Tensor, layout: ViTLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n,C], map [n,1,g_h,g_w]) of one chunk of images: one forward, folding as it goes."""
         blocks = list(range(self.start_layer, layout.num_blocks))
-        rollout: torch.Tensor | None = None
         with torch.no_grad(), AttentionProbe(self.model, blocks=blocks, capture=("attn",)) as probe:
             # Fold each block's attention into the running product as soon as it is computed.
             vit_blocks = as_vit(self.model).blocks
@@ -120,12 +137,15 @@ class AttentionRollout(Explainer):
                     h.remove()
             rollout = self._rollout
             self._rollout = None
-        targets = target.resolve(logits)
-        K = targets.shape[1]
-        B = images.shape[0]
         # rollout is None only when no block is folded (start_layer ≥ L); query_row then raises a TypeError.
-        row = query_row(cast(torch.Tensor, rollout), layout, self.query).reshape(B, 1, *layout.grid)
-        return Attribution(row.expand(B, K, *layout.grid).contiguous(), targets, logits)
+        row = query_row(cast(torch.Tensor, rollout), layout, self.query)
+        return logits, row.reshape(images.shape[0], 1, *layout.grid)
+
+    def _row_bytes(self, layout: ViTLayout) -> int:
+        """Estimated peak memory of one image in a pass: the scores and probabilities of the block being run and
+        its captured attention (3 attention-sized tensors), the fold's [N,N] temporaries and the tokens."""
+        N = layout.num_tokens
+        return 3 * attention_bytes(layout) + 8 * N * N * 4 + forward_bytes(self.model, N)
 
     def _make_fold(self, probe: AttentionProbe, b: int) -> Callable[..., None]:
         def hook(*_: object) -> None:

@@ -17,6 +17,7 @@ __all__ = ["SmoothCDAM"]
          "memory m·N·D per image",
     summary="Smooth CDAM: mean of CDAM over m noisy copies of the last block's input (signed)",
     families=("vit", "prompted_vit"), concept=True,
+    batched_targets=True, amp_tolerance=0.05,
 )
 class SmoothCDAM(PerturbedCDAM):
     """map = (1/m) Σ_{k=1..m} CDAM_g(x + ε_k), ε_k ~ N(0, σ_b²) i.i.d., σ_b = noise_level·(max x_b − min x_b).

@@ -6,11 +6,12 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from traitlens.backbones.introspect import vit_layout
+from traitlens.backbones.introspect import ViTLayout, vit_layout
 from traitlens.backbones.protocols import as_vit
 from traitlens.backbones.trunk import head_forward
-from traitlens.explain._base import Explainer, image_size
+from traitlens.explain._base import Explainer, forward_bytes, image_size, row_chunks
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import _check_batch_size, attention_bytes
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec, target_scores
 
@@ -23,6 +24,7 @@ ABLATIONS = ("drop", "zero", "mean_token")
     "tam", signed=True, class_specific=True, needs_grad=False, default_upsample="nearest", default_norm="none",
     cost="1 + P forwards per image, no grad, batched [chunk, N−1, D]; all K targets free",
     summary="Token ablation map: y(E) − y(E without patch token i), signed",
+    batched_targets=True,
 )
 class TokenAblationMap(Explainer):
     """TAM_i = y(E) − y(E^(−i)) for every patch token i (posthoc.md §10). Signed: > 0 means token i supports c.
@@ -40,18 +42,20 @@ class TokenAblationMap(Explainer):
         model: a timm `VisionTransformer` or subclass (else NotImplementedError naming the class).
         ablation: "drop" (reference) | "zero" (replace E[n_p+i] by zeros, position included) |
             "mean_token" (replace it by the mean of the image's patch embeddings); the last two are our extensions.
-        internal_batch_size: ablated sequences per forward (default 64; None = all at once).
+        internal_batch_size: sequences per forward (the clean ones and the ablated ones); "auto" (default) fits the
+            estimated memory of a pass in 2 GiB (~40 sequences of a ViT-B at 518 px, ~300 at 224 px); None = all
+            at once. The maps do not depend on it.
 
     Example:
         >>> exp = explain(model, x, method="tam", target="topk:3")  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, ablation: str = "drop", internal_batch_size: int | None = 64) -> None:
+    def __init__(self, model: nn.Module, ablation: str = "drop",
+                 internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model)
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation '{ablation}'; choose from {ABLATIONS}")
-        if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-            raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+        _check_batch_size(internal_batch_size)
         if not isinstance(model, VisionTransformer):
             # Others (EVA with RoPE, Swin, ...) do not run blocks on a plain token sequence.
             cls = type(model)
@@ -65,6 +69,12 @@ class TokenAblationMap(Explainer):
         vit = as_vit(self.model)
         x = vit.norm_pre(vit.patch_drop(tokens))
         return head_forward(self.model, x, 0)
+
+    def _row_bytes(self, layout: ViTLayout) -> int:
+        """Estimated peak memory of one sequence in a pass: the tokens, plus two attention-sized tensors (scores
+        and probabilities) when a block runs its attention unfused."""
+        unfused = any(not getattr(blk.attn, "fused_attn", False) for blk in as_vit(self.model).blocks)
+        return forward_bytes(self.model, layout.num_tokens) + (2 * attention_bytes(layout) if unfused else 0)
 
     def _ablated(self, E: torch.Tensor, b: torch.Tensor, i: torch.Tensor, n_p: int) -> torch.Tensor:
         """Sequences for (image b, patch i) pairs: [M,N−1,D] ('drop') or [M,N,D]."""
@@ -89,14 +99,15 @@ class TokenAblationMap(Explainer):
         with torch.no_grad():
             vit = as_vit(self.model)
             E = vit._pos_embed(vit.patch_embed(images))  # [B,N,D]
-            logits = self._logits(E)
+            B = E.shape[0]
+            row_bytes = self._row_bytes(layout)
+            logits = torch.cat([self._logits(E[start:stop]) for start, stop in
+                                row_chunks(B, self.internal_batch_size, row_bytes)])
             targets = target.resolve(logits)
-            B, K = targets.shape
-            total = B * P
-            chunk = self.internal_batch_size or total
+            K = targets.shape[1]
             ablated = []
-            for start in range(0, total, chunk):
-                idx = torch.arange(start, min(start + chunk, total), device=E.device)
+            for start, stop in row_chunks(B * P, self.internal_batch_size, row_bytes):
+                idx = torch.arange(start, stop, device=E.device)
                 ablated.append(self._logits(self._ablated(E, idx // P, idx % P, n_p)))
             ablated_logits = torch.cat(ablated)  # [B·P, C], rows in (image, patch) order
             y_full = target_scores(logits, targets, target_space)  # [B,K]

@@ -25,6 +25,7 @@ HEAD_FUSIONS = ("mean", "max")
     default_norm="minmax", cost="1 forward (all classes at once), no grad",
     summary="The interpretable model's own class maps (Prompt-CAM, INTR, SCOUTER); per-head maps in head_maps",
     families=("native",),
+    batched_targets=True, amp_tolerance=0.05,
 )
 class NativeMaps(Explainer):
     """Native evidence maps of Prompt-CAM, INTR or SCOUTER (models.md §1.2, §2.1, §3.3).
