@@ -16,6 +16,7 @@ def tiny_quickstart_config(out: Path, **overrides: Any) -> QuickstartConfig:
     """
     fields: dict[str, Any] = dict(out=out, n_train=256, n_val=64, n_test=64, epochs=1, n_explain=1,
                                   interpretable_train=64, interpretable_epochs=1, leaderboard_images=0,
-                                  same_model_images=0, num_workers=0, progress=False)
+                                  same_model_images=0, atlas_per_class=0, num_workers=0,
+                                  progress=False)
     fields.update(overrides)
     return QuickstartConfig(**fields)

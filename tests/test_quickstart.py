@@ -35,7 +35,7 @@ def test_quickstart_writes_a_complete_report(tmp_path) -> None:
     threads = torch.get_num_threads()
     res = run_quickstart(tiny_quickstart_config(tmp_path / "qs", n_train=512, n_val=128, n_test=128, n_explain=2,
                                                 interpretable_train=128, leaderboard_images=8,
-                                                same_model_images=16))
+                                                same_model_images=16, atlas_per_class=4))
     assert res.skipped_methods == {}
     assert set(res.methods) == {m.name for m in list_methods(family="vit")}
     assert set(res.interpretable_accuracy) == {"promptcam", "intr", "scouter"}
@@ -53,6 +53,12 @@ def test_quickstart_writes_a_complete_report(tmp_path) -> None:
         assert same["rows"][0]["method"] == "native" and same["n_images"] == 16
         assert 0 <= same["accuracy"]["value"] <= 1 and same["accuracy"]["n"] == 16
     assert "Native maps against post-hoc maps on the same model" in html and "model accuracy" in html
+    for folder in ("vit-cdam", "promptcam-native", "intr-native", "scouter-native"):  # the atlases, linked
+        index = tmp_path / "qs" / "atlas" / folder / "index.html"
+        assert index.is_file() and f'href="atlas/{folder}/index.html"' in html
+        summary = json.loads((index.parent / "atlas.json").read_text())
+        assert summary["n_images"] == 4 * 8 and summary["n_hit_classes"] > 0
+    assert "Trait atlas" in html and res.phase_seconds["trait atlas"] > 0
     assert "Where the time went" in html and res.phase_seconds["train ViT"] > 0
     assert sum(res.phase_seconds.values()) <= res.total_seconds + 1e-6
     model = load_model(res.model_dir)

@@ -37,7 +37,9 @@ from traitlens.explain import Explanation, explain, get_method, list_methods
 
 __all__ = [
     "COLUMNS",
+    "OTHER_SOURCE_COLOUR",
     "PEER_METHODS",
+    "SOURCE_COLOURS",
     "Leaderboard",
     "leaderboard",
     "leaderboard_small",
@@ -49,6 +51,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Leaderboard column → (evaluate metric label, direction).
+#: Bar colour per map source (the `source` of a leaderboard row), shared by every leaderboard figure.
+SOURCE_COLOURS: dict[str, str] = {"traitlens": "#4c72b0", "native": "#55a868", "pytorch-grad-cam": "#dd8452",
+                                  "captum": "#c44e52"}
+#: Bar colour of a source not in `SOURCE_COLOURS`.
+OTHER_SOURCE_COLOUR = "#8172b3"
+
 COLUMNS: dict[str, tuple[str, str]] = {
     "trait_pg": ("pointing_game@trait", "higher"),
     "trait_energy": ("energy_pointing_game@trait", "higher"),
@@ -376,7 +384,6 @@ def _figure(rows: Sequence[dict[str, Any]]) -> bytes:
     from traitlens.viz import figure_png
 
     panels = [c for c in ("trait_energy", "trait_pg", "contrast_energy", "ins_minus_del") if rows and c in rows[0]]
-    colours = {"traitlens": "#4c72b0", "native": "#55a868", "pytorch-grad-cam": "#dd8452", "captum": "#c44e52"}
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.3 * max(1, len(panels)), 0.28 * len(rows) + 1.2),
                              squeeze=False, sharey=True)
     names = [r["method"] for r in rows]
@@ -387,7 +394,7 @@ def _figure(rows: Sequence[dict[str, Any]]) -> bytes:
         hi = [max((r[f"{col}_ci"][1] if r[f"{col}_ci"] and not math.isnan(r[f"{col}_ci"][1]) else v) - v, 0)
               for v, r in zip(vals, rows, strict=True)]
         ax.barh(range(len(rows)), vals, xerr=[lo, hi], capsize=2,
-                color=[colours.get(r["source"], "#8172b3") for r in rows])
+                color=[SOURCE_COLOURS.get(r["source"], OTHER_SOURCE_COLOUR) for r in rows])
         ax.set_yticks(range(len(rows)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{col} {'↓' if COLUMNS[col][1] == 'lower' else '↑'}", fontsize=9)

@@ -67,6 +67,11 @@ class HtmlReport:
         cls = ' class="note"' if note else ""
         self._parts.append(f"<p{cls}>{html.escape(text)}</p>")
 
+    def links(self, items: Sequence[tuple[str, str]]) -> None:
+        """A list of links, `(text, href)` each (e.g. relative paths to pages written next to the report)."""
+        lis = "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>' for text, href in items)
+        self._parts.append(f"<ul>{lis}</ul>")
+
     def warning(self, text: str, severity: str = "warning") -> None:
         """A highlighted paragraph: "warning" (red: e.g. a model near chance) or "caution" (amber: below target)."""
         if severity not in ("warning", "caution"):

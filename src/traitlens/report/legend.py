@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from traitlens.evaluation import COLUMNS
+from traitlens.evaluation import COLUMNS, OTHER_SOURCE_COLOUR, SOURCE_COLOURS
 from traitlens.viz import DISPLAY_WIDTH_PX, figure_png
 
 if TYPE_CHECKING:
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["COLUMN_LEGEND", "SOURCE_COLOURS", "SOURCE_LEGEND", "leaderboard_figure", "leaderboard_figure_artist",
            "leaderboard_legend"]
 
-#: Bar colour per map source (the `source` of a leaderboard row).
-SOURCE_COLOURS: dict[str, str] = {"traitlens": "#4c72b0", "native": "#55a868", "pytorch-grad-cam": "#dd8452",
-                                  "captum": "#c44e52"}
 #: What each source means, for the colour key.
 SOURCE_LEGEND: dict[str, str] = {
     "traitlens": "post-hoc map computed by traitlens",
@@ -32,7 +29,6 @@ SOURCE_LEGEND: dict[str, str] = {
     "pytorch-grad-cam": "the same kind of map from the pytorch-grad-cam library (a cross-check)",
     "captum": "the same kind of map from the captum library (a cross-check)",
 }
-_OTHER_COLOUR = "#8172b3"
 
 #: Column → (what it measures, which way is better: "higher", "lower", or "" for a description).
 COLUMN_LEGEND: dict[str, tuple[str, str]] = {
@@ -93,7 +89,7 @@ def leaderboard_figure_artist(rows: Sequence[Mapping[str, Any]], width_px: int =
     fig, axes = plt.subplots(1, len(panels), figsize=(width_px / dpi, height_px / dpi), dpi=dpi, sharey=True,
                              squeeze=False, layout="constrained")
     names = [str(r["method"]) for r in rows]
-    colours = [SOURCE_COLOURS.get(str(r.get("source")), _OTHER_COLOUR) for r in rows]
+    colours = [SOURCE_COLOURS.get(str(r.get("source")), OTHER_SOURCE_COLOUR) for r in rows]
     for ax, col in zip(axes[0], panels, strict=False):
         vals = np.array([np.nan_to_num(float(r[col]), nan=0.0) for r in rows])
         lo, hi = [], []

@@ -11,29 +11,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from traitlens._io import atomic_write
 from traitlens.backbones import create_preset, normalize
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, colour_histogram_baseline, materialize
 from traitlens.explain import explain, list_methods
 from traitlens.models import InterpretableModel, list_model_kinds
-from traitlens.report import (
-    SOURCE_COLOURS,
-    SOURCE_LEGEND,
-    HtmlReport,
-    Swatch,
-    accuracy_status,
-    accuracy_warning,
-    findings,
-    leaderboard_figure,
-    leaderboard_legend,
-)
+from traitlens.quickstart.sections import atlas_section, leaderboard_section, same_model_section, write_text
+from traitlens.report import HtmlReport, accuracy_status, accuracy_warning, findings
 from traitlens.train import FitConfig, evaluate_accuracy, fit, fit_on_cores
 from traitlens.viz import figure_png, head_grid, method_grid, save_png, to_uint8_image
 
@@ -78,6 +67,9 @@ class QuickstartConfig:
     n_explain: int = 4
     leaderboard_images: int = 16
     same_model_images: int = 16
+    #: test images per class in the trait atlases of the ViT (CDAM) and of each by-design model (native maps);
+    #: 0 = no atlas.
+    atlas_per_class: int = 32
     same_model_methods: tuple[str, ...] = ("cdam", "gradcam_vit", "gradcam", "input_x_gradient")
     interpretable: tuple[str, ...] = ("promptcam", "intr", "scouter")
     interpretable_train: int = 4_000
@@ -198,11 +190,16 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     phases.done("interpretable models")
     rows: list[dict] = []
     if cfg.leaderboard_images:
-        rows = _leaderboard_section(report, cfg, model, test, nets, {"ViT": test_acc, **interp_acc})
+        rows = leaderboard_section(report, model, test, nets, {"ViT": test_acc, **interp_acc},
+                                   n_images=cfg.leaderboard_images)
         phases.done("leaderboard")
     if cfg.same_model_images and nets:
-        _same_model_section(report, cfg, nets, test, out)
+        same_model_section(report, nets, test, out, n_images=cfg.same_model_images,
+                           methods=cfg.same_model_methods, seed=cfg.seed)
         phases.done("same-model table")
+    if cfg.atlas_per_class:
+        atlas_section(report, model, nets, test, out, per_class=cfg.atlas_per_class, progress=cfg.progress)
+        phases.done("trait atlas")
     if skipped:
         report.heading("Methods that failed")
         report.table(["method", "error"], sorted(skipped.items()))
@@ -216,63 +213,6 @@ def run_quickstart(config: QuickstartConfig | None = None) -> QuickstartResult:
     path = report.write(out / "report.html")
     return QuickstartResult(path, model_dir, test_acc, hist_acc, train_seconds, total,
                             sorted(explanations), skipped, interp_acc, phases.seconds)
-
-
-def _leaderboard_section(report: HtmlReport, cfg: QuickstartConfig, model: torch.nn.Module, test,
-                         nets: Mapping[str, torch.nn.Module], accuracy: Mapping[str, float]) -> list[dict]:
-    """The small TraitShapes leaderboard: post-hoc methods on the ViT, peer rows, and the models' own maps.
-
-    Returns its rows (for the "what was found" paragraph)."""
-    from traitlens.evaluation import leaderboard_small
-
-    rows, _ = leaderboard_small(model, test, n_images=cfg.leaderboard_images, native_models=nets,
-                                model_name="ViT", accuracies=accuracy)
-    report.heading("Leaderboard against the known traits (small)")
-    report.paragraph(f"{cfg.leaderboard_images} test images, each explained for its true class, best trait_energy "
-                     "first. Each row names the model its map came from and that model's test accuracy: rows of "
-                     "different models compare maps of different classifiers, not methods on one classifier (the "
-                     "same-model table does that). Every column is explained under the table.")
-    columns = [c for c in ("trait_pg", "trait_energy", "trait_iou", "object_energy", "deletion", "insertion",
-                            "s_per_img") if rows and c in rows[0]]
-    header = ["method", "model", "model accuracy", "source", *columns]
-    report.table(header, [[r["method"], r["model"], r["model_acc"], _source_cell(r["source"]),
-                           *[r[c] for c in columns]] for r in rows])
-    report.heading("What the columns and colours mean", level=3)
-    report.table(["column", "what it measures", "better"], leaderboard_legend(header), text_columns=(1,))
-    report.table(["colour", "source of the map"],
-                 [[_source_cell(src), SOURCE_LEGEND[src]] for src in SOURCE_COLOURS
-                  if any(r["source"] == src for r in rows)], text_columns=(1,))
-    if rows:
-        report.figure(leaderboard_figure(rows), "leaderboard: trait energy, trait pointing game and insertion − "
-                      "deletion per row with 95 % bootstrap intervals; colour = source of the map")
-    return rows
-
-
-def _source_cell(source: str) -> Swatch:
-    return Swatch(SOURCE_COLOURS.get(source, "#8172b3"), source)
-
-
-def _same_model_section(report: HtmlReport, cfg: QuickstartConfig, nets: Mapping[str, torch.nn.Module], test,
-                        out: Path) -> None:
-    """Each by-design model's own maps against post-hoc maps computed on that same model."""
-    from traitlens.evaluation import same_model_rows, same_model_table
-
-    report.heading("Native maps against post-hoc maps on the same model")
-    report.paragraph(f"{cfg.same_model_images} test images per model, true class. native: the model's own map "
-                     "(mean over heads); native_top-k: the top-k heads of Prompt-CAM's ranking by blurring; the "
-                     "post-hoc rows explain that same model. trait_*: the sibling-discriminative part; class_*: "
-                     "every trait part of the class. pg = pointing game, energy = share of positive evidence; "
-                     "deletion ↓ / insertion ↑ on that model. [95 % bootstrap CI]; the chance row is a random map. "
-                     "Methods the model cannot run are listed under the table.")
-    for kind, net in nets.items():
-        table = same_model_table(net, test, methods=list(cfg.same_model_methods), n_images=cfg.same_model_images,
-                                 n_boot=300, seed=cfg.seed)
-        header, body = same_model_rows(table)
-        report.heading(f"{kind}: {table.summary().split(';')[0]}", level=3)
-        report.table(header, body)
-        if table.skipped:
-            report.paragraph("; ".join(f"{m}: {why}" for m, why in table.skipped.items()), note=True)
-        _write_text(out / f"same_model_{kind}.json", json.dumps(table.to_dict()))
 
 
 def _warn(report: HtmlReport, name: str, accuracy: float, cfg: QuickstartConfig) -> None:
@@ -303,12 +243,8 @@ def _save_samples(test, folder: Path, per_class: int) -> dict[str, str]:
         if len(taken) == len(test.classes) and all(n >= per_class for n in taken.values()):
             break
     if labels:
-        _write_text(folder / "labels.json", json.dumps(dict(sorted(labels.items())), indent=1))
+        write_text(folder / "labels.json", json.dumps(dict(sorted(labels.items())), indent=1))
     return labels
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
 
 
 def _interpretable_section(report: HtmlReport, cfg: QuickstartConfig, backbone_dir: Path, train, val, test,
