@@ -4,32 +4,16 @@ headless Chromium (the system browser; skipped where playwright or Chromium is a
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.server.helpers import CHROMIUM_ARGS, chromium_path
 from traitlens.evaluation import Atlas, atlas
 from traitlens.report import write_atlas_html
 from traitlens.report.atlas_html import lift_colour
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str | None:
-    """TRAITLENS_CHROMIUM, else a Chromium on PATH (Debian: /usr/bin/chromium)."""
-    explicit = os.environ.get("TRAITLENS_CHROMIUM")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture(scope="module")

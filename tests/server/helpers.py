@@ -1,9 +1,19 @@
-"""Helpers for the server tests: images as bytes, PNG data URLs, what the server feeds the model."""
+"""Helpers for the server tests: images as bytes, PNG data URLs, what the server feeds the model, a uvicorn server
+in a thread, and the Chromium the browser tests drive."""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,3 +64,45 @@ class TinyConv(nn.Module):
 
     def forward(self, x):
         return self.conv(x).mean((2, 3))
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str | None:
+    """TRAITLENS_CHROMIUM, else a Chromium on PATH (Debian: /usr/bin/chromium)."""
+    explicit = os.environ.get("TRAITLENS_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def uvicorn_in_thread(config: Any) -> Iterator[None]:
+    """Run `uvicorn.Server(config)` in a daemon thread until the block ends (waits up to 30 s for the start)."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)

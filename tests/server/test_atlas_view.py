@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from traitlens.evaluation import Atlas, atlas
 from traitlens.server import ServerLimits, create_app
 from traitlens.server.atlas_view import find_atlases, load_atlases
 
-from .helpers import decode_data_url
+from .helpers import CHROMIUM_ARGS, chromium_path, decode_data_url, free_port, uvicorn_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -103,51 +100,38 @@ def test_an_atlas_next_to_a_model_is_found(served, tmp_path):
 def test_atlas_page_in_chromium(served):
     uvicorn = pytest.importorskip("uvicorn", reason="the browser test needs uvicorn (the 'web' extra)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the 'playwright' package")
-    from .test_browser import CHROMIUM_ARGS, chromium_path
 
     exe = chromium_path()
     if exe is None:
         pytest.skip("no Chromium binary (apt-get install chromium, or set TRAITLENS_CHROMIUM)")
     model_dir, folder, res = served
     app = create_app({"micro": load_model(model_dir)}, ServerLimits(workers=1), atlases=load_atlases([folder]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-            context = pw.chromium.launch_persistent_context(profile, executable_path=exe, headless=True,
-                                                            args=CHROMIUM_ARGS)
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.goto(f"http://127.0.0.1:{port}/atlas")
-            page.wait_for_selector("#atlas-state.ok")
-            page.wait_for_selector("#atlas-classes tr.class-row")
-            names = page.eval_on_selector_all("#atlas-classes tr.class-row td:first-child", "els => els.map(e => "
-                                              "e.textContent)")
-            assert names == [c.name for c in res.classes]
-            c = next(c for c in res.classes if c.exemplars)
-            page.click(f"#atlas-classes tr.class-row[data-index='{c.index}'] button")
-            page.locator("#class-title", has_text=c.name).wait_for()
-            assert page.locator("#class-exemplars img").count() == 2 * len(c.exemplars)
-            pair = c.confused[0]
-            page.click(f"#class-pairs button:text-is('Why {c.name}, not {pair.other_name}')")
-            page.locator("#pair-title", has_text=f"not {pair.other_name}").wait_for()
-            assert page.locator("#pair-maps img").count() == len(c.exemplars)
-            assert f"class={c.index}&pair={pair.other}" in page.url
-            page.reload()  # the hash reopens the pair
-            page.locator("#pair-title", has_text=f"not {pair.other_name}").wait_for()
-            assert errors == []
-            context.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    with uvicorn_in_thread(config), sync_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=exe, headless=True,
+                                                        args=CHROMIUM_ARGS)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"http://127.0.0.1:{port}/atlas")
+        page.wait_for_selector("#atlas-state.ok")
+        page.wait_for_selector("#atlas-classes tr.class-row")
+        names = page.eval_on_selector_all("#atlas-classes tr.class-row td:first-child", "els => els.map(e => "
+                                          "e.textContent)")
+        assert names == [c.name for c in res.classes]
+        c = next(c for c in res.classes if c.exemplars)
+        page.click(f"#atlas-classes tr.class-row[data-index='{c.index}'] button")
+        page.locator("#class-title", has_text=c.name).wait_for()
+        assert page.locator("#class-exemplars img").count() == 2 * len(c.exemplars)
+        pair = c.confused[0]
+        page.click(f"#class-pairs button:text-is('Why {c.name}, not {pair.other_name}')")
+        page.locator("#pair-title", has_text=f"not {pair.other_name}").wait_for()
+        assert page.locator("#pair-maps img").count() == len(c.exemplars)
+        assert f"class={c.index}&pair={pair.other}" in page.url
+        page.reload()  # the hash reopens the pair
+        page.locator("#pair-title", has_text=f"not {pair.other_name}").wait_for()
+        assert errors == []
+        context.close()

@@ -8,15 +8,9 @@ named by TRAITLENS_CHROMIUM.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,22 +26,16 @@ from traitlens.backbones import load_model  # noqa: E402
 from traitlens.explain import Explanation, explain  # noqa: E402
 from traitlens.server import ServerLimits, create_app  # noqa: E402
 
-from .helpers import TinyConv, decode_data_url, model_input, png_bytes  # noqa: E402
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str | None:
-    """TRAITLENS_CHROMIUM, else a Chromium on PATH (Debian: /usr/bin/chromium)."""
-    explicit = os.environ.get("TRAITLENS_CHROMIUM")
-    if explicit:
-        return explicit if Path(explicit).is_file() else None
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+from .helpers import (  # noqa: E402
+    CHROMIUM_ARGS,
+    TinyConv,
+    chromium_path,
+    decode_data_url,
+    free_port,
+    model_input,
+    png_bytes,
+    uvicorn_in_thread,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +56,9 @@ def served(tmp_path_factory) -> dict:
 def live_server(served) -> Iterator[str]:
     """uvicorn serving the models in a thread on a free loopback port; yields the base URL."""
     app = create_app(dict(served), ServerLimits(workers=1, queue_size=4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    port = free_port()
+    with uvicorn_in_thread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -21,17 +20,15 @@ from traitlens.backbones import load_model  # noqa: E402
 from traitlens.server import ServerLimits, create_app  # noqa: E402
 from traitlens.server._protocol import uvicorn_config  # noqa: E402
 
-from .helpers import png_bytes  # noqa: E402
+from .helpers import (  # noqa: E402
+    free_port,
+    png_bytes,
+    uvicorn_in_thread,
+)
 from .test_load import slowed  # noqa: E402
 
 HEADER_TIMEOUT = 0.5
 LIMIT = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +42,10 @@ def live(tmp_path_factory) -> Iterator[tuple[str, int]]:
     path = save_model(create_preset("traitlens-vit-micro", 3), tmp_path_factory.mktemp("conn") / "micro")
     limits = ServerLimits(workers=1, queue_size=2, max_concurrent_connections=LIMIT, header_timeout_s=HEADER_TIMEOUT)
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app({"micro": load_model(path)}, limits), "127.0.0.1", port,
-                                           limits, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield "127.0.0.1", port
-    server.should_exit = True
-    thread.join(10)
+    config = uvicorn_config(create_app({"micro": load_model(path)}, limits), "127.0.0.1", port, limits,
+                            log_level="warning")
+    with uvicorn_in_thread(config):
+        yield "127.0.0.1", port
 
 
 def closed_by_server(sock: socket.socket, within: float) -> float | None:
