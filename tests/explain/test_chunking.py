@@ -191,3 +191,36 @@ def test_plain_methods_auto_estimates_at_vit_b_518_px():
 def test_plain_methods_bad_internal_batch_size(tiny_vit, method, bad):
     with pytest.raises(ValueError, match="internal_batch_size"):
         explain(tiny_vit(depth=1), torch.zeros(1, 3, 8, 8, dtype=torch.float64), method, internal_batch_size=bad)
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "integrated_gradients"])
+def test_pixel_gradient_auto_default_equals_one_pass(tiny_vit, tiny_images, method):
+    """SmoothGrad and IG default to 'auto'; the maps equal one pass and a fixed chunk of 3 rows to 1e-6."""
+    from traitlens.explain.integrated_gradients import IntegratedGradients
+    from traitlens.explain.smoothgrad import SmoothGrad
+
+    model, x = tiny_vit(depth=2), tiny_images(3)
+    cls = SmoothGrad if method == "smoothgrad" else IntegratedGradients
+    assert cls(model).internal_batch_size == "auto"
+    runs = [explain(model, x, method=method, target="topk:2", internal_batch_size=size,
+                    **({"generator": torch.Generator().manual_seed(3)} if method == "smoothgrad" else {}))
+            for size in ("auto", None, 3)]
+    for other in runs[1:]:
+        torch.testing.assert_close(other.patch_maps, runs[0].patch_maps, atol=1e-6, rtol=1e-5)
+
+
+def test_pixel_gradient_row_estimate_at_vit_b_518_px():
+    """ViT-B/14 with 4 registers at 518 px, 12 blocks: a row is 12 × (3 attention tensors + the tokens) ≈ 1.3 GB, so
+    'auto' runs one row per pass (the former default, 16 rows, needed ~21 GB); a CNN keeps 16 rows."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from traitlens.explain._pixel import FALLBACK_ROWS, gradient_row_bytes
+
+    big = VisionTransformer(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12, reg_tokens=4,
+                            num_classes=200).eval()
+    N, D, H = 1374, 768, 12
+    row = gradient_row_bytes(big, torch.zeros(1, 3, 518, 518))
+    assert row == 12 * (3 * H * N * N * 4 + 12 * N * D * 4)
+    assert _gradients._rows_per_pass("auto", row) == 1
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert _gradients._rows_per_pass("auto", gradient_row_bytes(cnn, torch.zeros(1, 3, 32, 32))) == FALLBACK_ROWS

@@ -15,7 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from traitlens.backbones.introspect import is_vit, vit_layout
+from traitlens.explain._base import forward_bytes
 from traitlens.explain._compat import prompted_backbone
+from traitlens.explain._gradients import AUTO_BUDGET_BYTES, _check_batch_size, _rows_per_pass, attention_bytes
 from traitlens.explain._targets import target_scores
 
 __all__ = [
@@ -56,14 +58,31 @@ def check_patch_size(patch_size: int | tuple[int, int] | None) -> int | tuple[in
     return patch_size
 
 
-def check_options(channel_reduce: str, multi_target: str, internal_batch_size: int | None) -> None:
+def check_options(channel_reduce: str, multi_target: str, internal_batch_size: int | str | None) -> None:
     """Validate the options every pixel method shares."""
     if channel_reduce not in CHANNEL_REDUCTIONS:
         raise ValueError(f"unknown channel_reduce '{channel_reduce}'; choose from {CHANNEL_REDUCTIONS}")
     if multi_target not in MULTI_TARGET:
         raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGET}")
-    if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    _check_batch_size(internal_batch_size)
+
+
+#: Rows per pass of 'auto' where no per-row estimate exists (models other than ViTs): the former fixed default.
+FALLBACK_ROWS = 16
+
+
+def gradient_row_bytes(model: nn.Module, images: torch.Tensor) -> int:
+    """Estimated peak memory of one row of a pixel-gradient pass (what 'auto' divides its budget by).
+
+    For a ViT: per block, the attention scores and probabilities kept for the backward and the probabilities'
+    gradient (3 attention-sized tensors) plus the block's token activations; the budget of `FALLBACK_ROWS` rows
+    for any other model.
+    """
+    if not is_vit(model):
+        return AUTO_BUDGET_BYTES // FALLBACK_ROWS
+    layout = vit_layout(model, (int(images.shape[-2]), int(images.shape[-1])))
+    per_block = 3 * attention_bytes(layout) + forward_bytes(model, layout.num_tokens)
+    return layout.num_blocks * per_block
 
 
 def patch_geometry(
@@ -145,7 +164,8 @@ def input_gradients(
     weights: torch.Tensor | None = None,
     transform: TransformFn | None = None,
     multi_target: str = "expand",
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | str | None = None,
+    row_bytes: int = 0,
 ) -> torch.Tensor:
     """Σ_s w_s·transform(∂y_{b,k}/∂x at points(b, s)) for every image b and target k → [B,K,C,H,W].
 
@@ -160,7 +180,7 @@ def input_gradients(
     out: torch.Tensor | None = None
     per_target = multi_target == "expand"
     total = B * K * S if per_target else B * S
-    chunk = internal_batch_size or total
+    chunk = _rows_per_pass(internal_batch_size, row_bytes) or total
     for start in range(0, total, chunk):
         idx = torch.arange(start, min(start + chunk, total), device=targets.device)
         if per_target:

@@ -14,6 +14,7 @@ from traitlens.explain._pixel import (
     check_options,
     check_patch_size,
     gaussian_blur,
+    gradient_row_bytes,
     input_gradients,
     patch_geometry,
     pixel_outputs,
@@ -87,7 +88,8 @@ class IntegratedGradients(Explainer):
         channel_reduce: "mean" (reference) | "sum".
         patch_size: pooling patch; None = the ViT's patch size (16 for other models).
         multi_target: "expand" (rows per image, target and step) | "vjp" (rows per image and step, K VJPs each).
-        internal_batch_size: rows per forward/backward (default 16; None = all at once).
+        internal_batch_size: rows per forward/backward: "auto" (default) fits the estimated memory of a pass in
+            2 GiB (16 rows for models other than ViTs), an int fixes it, None = all at once.
 
     Example:
         >>> exp = explain(model, x, method="integrated_gradients", n_steps=32)  # doctest: +SKIP
@@ -97,7 +99,7 @@ class IntegratedGradients(Explainer):
                  baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 10.0,
                  trapezoid_weights: str = "exact", channel_reduce: str = "mean",
                  patch_size: int | tuple[int, int] | None = None, multi_target: str = "expand",
-                 internal_batch_size: int | None = 16) -> None:
+                 internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model)
         check_options(channel_reduce, multi_target, internal_batch_size)
         if not isinstance(n_steps, int) or n_steps < 1:
@@ -151,6 +153,7 @@ class IntegratedGradients(Explainer):
             points=lambda b, s: base[b] + alphas[s].view(-1, 1, 1, 1) * diff[b],
             num_samples=self.n_steps, image_shape=tuple(x.shape[1:]), weights=self.weights,
             multi_target=self.multi_target, internal_batch_size=self.internal_batch_size,
+            row_bytes=gradient_row_bytes(self.model, x),
         )
         attributions = diff.unsqueeze(1) * grads  # [B,K,C,H,W]
         gap = target_scores(logits, targets, target_space) - target_scores(base_logits, targets, target_space)

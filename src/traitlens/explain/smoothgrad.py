@@ -11,6 +11,7 @@ from traitlens.explain._pixel import (
     check_model_state,
     check_options,
     check_patch_size,
+    gradient_row_bytes,
     input_gradients,
     patch_geometry,
     pixel_outputs,
@@ -83,7 +84,8 @@ class SmoothGrad(Explainer):
         channel_reduce: "mean" (reference) | "sum".
         patch_size: pooling patch; None = the ViT's patch size (16 for other models).
         multi_target: "expand" | "vjp"; every target of an image sees the same noise either way.
-        internal_batch_size: rows per forward/backward (default 16; None = all at once).
+        internal_batch_size: rows per forward/backward: "auto" (default) fits the estimated memory of a pass in
+            2 GiB (16 rows for models other than ViTs), an int fixes it, None = all at once.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)  # doctest: +SKIP
@@ -93,7 +95,7 @@ class SmoothGrad(Explainer):
     def __init__(self, model: nn.Module, n_samples: int = 50, noise_level: float = 0.15,
                  multiply_by_input: bool = False, square: bool = False, generator: torch.Generator | None = None,
                  channel_reduce: str = "mean", patch_size: int | tuple[int, int] | None = None,
-                 multi_target: str = "expand", internal_batch_size: int | None = 16) -> None:
+                 multi_target: str = "expand", internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model)
         check_options(channel_reduce, multi_target, internal_batch_size)
         if not isinstance(n_samples, int) or n_samples < 1:
@@ -126,6 +128,7 @@ class SmoothGrad(Explainer):
             self.model, targets, target_space, points=sampler, num_samples=self.n_samples,
             image_shape=tuple(x.shape[1:]), weights=weights, transform=self._transform,
             multi_target=self.multi_target, internal_batch_size=self.internal_batch_size,
+            row_bytes=gradient_row_bytes(self.model, x),
         )
         patch_maps, pixel_maps = pixel_outputs(attributions, patch, self.channel_reduce)
         extras = {"pixel_maps": pixel_maps, "attributions": attributions, "sigma": sigma}
