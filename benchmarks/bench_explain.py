@@ -6,8 +6,8 @@ Run:  python benchmarks/bench_explain.py [--model vit_small_patch16_224] [--batc
 
 Presets: `vitb16-224` (ViT-B/16, 224 px) and `vitb14reg4-518` (DINOv2-style ViT-B/14 with 4 registers, 518 px,
 1374 tokens), both with 200 classes. `--memory` runs every method once more in a fresh subprocess and prints its
-peak memory: `torch.cuda.max_memory_allocated` on a GPU, the growth of the peak RSS (`resource.getrusage`) over
-the RSS after building the model and input on a CPU. `--pair A:B` times A and B alternately in this one process
+peak memory: `torch.cuda.max_memory_allocated` on a GPU, the growth of the peak RSS (VmHWM) over the RSS after
+building the model and input on a CPU. `--pair A:B` times A and B alternately in this one process
 on the same input and prints the ratio of their medians (what docs/performance.md reports).
 
 Prints, for a randomly initialised ViT (weights do not change the cost):
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from collections.abc import Callable
 
 import timm
 import torch
+from rss import peak_rss_mb, rss_mb
 
 import traitlens as tl
 
@@ -62,11 +62,6 @@ def build(model_name: str, img: int, classes: int, batch: int, device: str, **kw
     return model.to(device).eval(), torch.randn(batch, 3, img, img, device=device)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
     """Peak memory of one call of `fn` in MB (see the module docstring; on a CPU call it in a fresh process)."""
     if device.startswith("cuda"):
@@ -76,9 +71,10 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = _rss_mb()
+    base = rss_mb()
     fn()
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base, 0.0)
+    return max(peak_rss_mb() - base, 0.0)
+
 
 
 def method_call(model: torch.nn.Module, x: torch.Tensor, name: str, target: str = "top1") -> Callable[[], object]:
@@ -122,6 +118,7 @@ def main() -> None:
     parser.add_argument("--methods", default="*", help="glob over method names")
     parser.add_argument("--skip", default="", help="comma-separated methods to leave out (e.g. tam: P forwards)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--markdown", action="store_true", help="also print the method table as Markdown")
     args = parser.parse_args()
     if args.preset:
         args.model, args.img = PRESETS[args.preset]
@@ -155,6 +152,7 @@ def main() -> None:
     print(f"plain forward {t_fwd * 1e3:.0f} ms, forward+backward {t_fb * 1e3:.0f} ms\n")
     print(f"{'method':28} {'targets':>7} {'ms':>9} {'÷ fwd':>7} {'÷ fwd+bwd':>9} {'peak MB':>8}  note")
     rows: dict[str, float] = {}
+    table: list[str] = []
     skip = set(filter(None, args.skip.split(",")))
     for info in tl.list_methods(args.methods, family="vit"):
         if info.name in skip:
@@ -167,6 +165,14 @@ def main() -> None:
             note = ", ".join(f"{k}={v}" for k, v in options.items())
             mem = memory_in_subprocess(args, info.name) if args.memory and target == "top1" else float("nan")
             print(f"{info.name:28} {target:>7} {t * 1e3:9.0f} {t / t_fwd:7.2f} {t / t_fb:9.2f} {mem:8.0f}  {note}")
+            table.append(f"| {info.name} | {target} | {t:.2f} | {t / t_fwd:.2f} | {t / t_fb:.2f} | "
+                         f"{'' if mem != mem else f'{mem:.0f}'} | {note} |")
+    if args.markdown:
+        print(f"\n{args.model} at {args.img} px, {args.classes} classes, batch {args.batch}, {device}, "
+              f"{torch.get_num_threads()} thread(s): forward {t_fwd:.2f} s, forward+backward {t_fb:.2f} s\n")
+        print("| method | targets | s | ×forward | ×(forward+backward) | peak MB | options |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(table))
 
     if not args.no_peer and fnmatch.fnmatch("gradcam", args.methods) and "gradcam" not in skip:
         from pytorch_grad_cam import GradCAM

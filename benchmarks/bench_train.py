@@ -14,7 +14,7 @@ Each configuration runs in a fresh subprocess (so the peak-memory high-water mar
 initialised ViT (weights do not change the cost) with the same AdamW optimizer and synthetic images, and
 prints a table: trainable parameters, training images/s (median over `--steps` steps after one warm-up step)
 and peak memory. Peak memory is `torch.cuda.max_memory_allocated` on a GPU; on the CPU it is the growth of the
-process's peak RSS (`resource.getrusage`) over the RSS measured after the model and batch were built, i.e.
+process's peak RSS (VmHWM, `rss.py`) over the RSS measured after the model and batch were built, i.e.
 activations + gradients + optimizer state of the training steps; the process's whole peak RSS is reported too
 (`peak_rss_mb`, on both devices). Prompt-CAM runs every block on C+N tokens
 (models.md §1.2), so its cost grows with `--classes`; full fine-tuning does not.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,18 +34,13 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from rss import peak_rss_mb, rss_mb
 
 MODES = ("finetune", "promptcam", "intr", "scouter")
 #: Named configurations: ViT-B/16 at 224 px with CUB's 200 classes, a batch that fits a 24 GiB machine's CPU.
 PRESETS: dict[str, dict[str, object]] = {
     "vitb16": {"model": "vit_base_patch16_224", "img": 224, "classes": 200, "batch": 8, "steps": 3},
 }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
 
 
 def worker(mode: str, args: argparse.Namespace) -> dict:
@@ -87,7 +81,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    base = _rss_mb()
+    base = rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,7 +93,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss = peak_rss_mb()
     result = {
         "mode": mode,
         "trainable": sum(p.numel() for p in params),

@@ -176,6 +176,8 @@ def evaluate(
                                              "least similar class)."),
     lsc: str = typer.Option("", help="With --target lsc: min_logit (default), traits, a JSON file {true: lsc} or "
                                      "'TRUE:LSC,...'."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision for every method (all must be amp-safe, "
+                                                  "docs/performance.md); part of the cache key."),
 ) -> None:
     """Score explanation methods with faithfulness, localisation and complexity metrics; resumable.
 
@@ -189,7 +191,7 @@ def evaluate(
     with distributed_from_env() as device:
         results = cli_evaluate(model, data, methods, metrics, out, split=split, batch_size=batch_size,
                                max_images=max_images or None, target=target, lsc=lsc or None,
-                               device=str(device))
+                               device=str(device), amp=amp)
     for row in results.rows:
         typer.echo(f"{row['method']:22} {row['metric']:28} {row['value']:.4f}")
     typer.echo(f"wrote results to {out}")
@@ -211,27 +213,29 @@ def atlas_cmd(
     batch_size: int = typer.Option(16),
     device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
     resume: bool = typer.Option(True, help="Continue an interrupted run in --out (--no-resume starts over)."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision for an amp-safe method (docs/performance.md); "
+                                                  "part of the settings a resume must match."),
 ) -> None:
     """Which traits each class relies on: part shares and lifts, confused pairs with "why A, not B" maps, exemplars.
 
     Example: traitlens atlas --model runs/ts/best --data traitshapes:512 --method cdam --max-per-class 32
     --out runs/atlas
     """
-    import torch
-
     from traitlens.backbones import load_model
     from traitlens.evaluation import atlas, open_dataset
-    from traitlens.explain import method_refusal
+    from traitlens.explain import amp_refusal, method_refusal
     from traitlens.report import write_atlas_html
 
     net = load_model(model)
     _refuse(method_refusal(net, method))
-    net = net.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device).eval()
+    _refuse(amp_refusal(method) if amp else None)
+    net = net.to(_device(device)).eval()
     dataset = open_dataset(data, net, split)
     chosen = [c.strip() for c in classes.split(",") if c.strip()] or None
     name = "/".join(Path(model).parts[-2:]) if Path(model).exists() else model  # "run/best", never a full path
     res = atlas(net, dataset, method, out, classes=chosen, max_per_class=max_per_class or None, confused=confused,
-                exemplars=exemplars, batch_size=batch_size, model_name=name, resume=resume)
+                exemplars=exemplars, batch_size=batch_size, model_name=name, resume=resume,
+                method_options={"amp": True} if amp else None)
     index = write_atlas_html(res, out)
     typer.echo(f"{res.n_images} images, {len(res.classes)} classes, accuracy {res.accuracy:.3f}")
     if res.hit_fraction is not None:
@@ -304,6 +308,10 @@ def explain_cmd(
     upsample: str = typer.Option("", help="nearest | bilinear (default: the method's)"),
     normalize_maps: str = typer.Option("", "--normalize", help="none | minmax | maxabs (default: the method's)"),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs already in --out (default: refuse)."),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (bfloat16; float16 on older GPUs) for the "
+                                                  "amp-safe methods; maps within the tolerance of "
+                                                  "docs/performance.md."),
 ) -> None:
     """Explain image files; writes one PNG overlay per image and target, and the raw maps as .npz.
 
@@ -312,7 +320,7 @@ def explain_cmd(
     Example: traitlens explain bird.png --model traitlens-quickstart/run/best --method cdam --target topk:3
     """
     from traitlens.backbones import class_names_of, load_images, load_model, normalize
-    from traitlens.explain import explain, method_refusal, parse_target_text
+    from traitlens.explain import amp_refusal, explain, method_refusal, parse_target_text
     from traitlens.viz import overlay, save_png
 
     if out.exists() and not out.is_dir():
@@ -320,10 +328,13 @@ def explain_cmd(
     npz = out / f"{method}.npz"
     net = load_model(model)
     _refuse(method_refusal(net, method))
+    _refuse(amp_refusal(method) if amp else None)
+    net = net.to(_device(device)).eval()
     images01 = load_images(images, model=net)
     tgt = parse_target_text(target, class_names_of(net))
-    exp = explain(net, normalize(net, images01), method=method, target=tgt, target_space=target_space,
-                  upsample=upsample or None, normalize=normalize_maps or None)
+    x = normalize(net, images01.to(_device(device)))
+    exp = explain(net, x, method=method, target=tgt, target_space=target_space, upsample=upsample or None,
+                  normalize=normalize_maps or None, amp=amp).cpu()
     used = {npz.name.casefold()}
     overlays: list[tuple[int, int, Path]] = []
     for b, stem in enumerate(output_stems(list(images))):
@@ -348,6 +359,15 @@ def explain_cmd(
                               for p, i in zip(top.values[b].tolist(), top.indices[b].tolist(), strict=True))
             typer.echo(f"{path}: {preds}")
     typer.echo(f"wrote overlays and {method}.npz to {out}")
+
+
+def _device(device: str) -> str:
+    """'auto' → cuda when available, else cpu; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _refuse(reason: str | None) -> None:

@@ -107,3 +107,20 @@ def test_temp_files_of_killed_writes_are_swept(tmp_path: Path) -> None:
     keep.write_text("mine")
     fit(_model(), ArraySet(), ArraySet(), CFG, out=tmp_path, resume=True, progress=False)
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_a_resume_keeps_the_wrapped_metrics_file(tmp_path: Path) -> None:
+    """`traitlens train` wraps metrics.json as {"epochs", "data", "test"}: a resumed `fit` rewrites it with its
+    data record kept (not as a bare list) and the earlier run's test score dropped."""
+    data = ArraySet()
+    _crash_after_first_epoch(tmp_path, data)
+    epochs = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["epoch"] for row in epochs] == [1]  # plain `fit`: the list
+    wrapped = {"epochs": epochs, "data": {"train": "mine"}, "test": {"acc": 0.5}}
+    (tmp_path / "metrics.json").write_text(json.dumps(wrapped))
+    seen: list[object] = []
+    fit(_model(), data, data, CFG, out=tmp_path, resume=True, progress=False,
+        on_epoch_end=lambda _e, _m: seen.append(json.loads((tmp_path / "metrics.json").read_text())))
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["data"] == {"train": "mine"} and "test" not in doc
+    assert [row["epoch"] for row in doc["epochs"]] == [1, 2] and seen == [doc]

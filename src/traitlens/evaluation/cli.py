@@ -13,8 +13,17 @@ from torch.utils.data import Dataset
 
 from traitlens.evaluation.evaluate import EvalResults, evaluate
 from traitlens.evaluation.lsc import LscRule
+from traitlens.explain import AmpUnsafeMethodError, amp_refusal, list_methods
 
-__all__ = ["DEFAULT_METRICS", "cli_evaluate", "open_dataset", "parse_lsc", "resolve_methods", "resolve_metric_names"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "amp_options",
+    "cli_evaluate",
+    "open_dataset",
+    "parse_lsc",
+    "resolve_methods",
+    "resolve_metric_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +140,7 @@ def cli_evaluate(
     resume: bool = True,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
+    amp: bool = False,
 ) -> EvalResults:
     """Load the model and data, evaluate, and write `out/results.{csv,json,md}`, `per_image.csv` and `plots/`.
 
@@ -143,6 +153,8 @@ def cli_evaluate(
         target: "label", "top1" or "lsc" (the least similar class, metrics.md §6).
         lsc: with target "lsc": "min_logit" (default), "traits", a JSON mapping file or "TRUE:LSC,..." (see
             `parse_lsc`).
+        amp: run every method with `explain(..., amp=True)`; refused before any work when a method is
+            amp-unsafe (`AmpUnsafeMethodError`).
 
     Example:
         traitlens evaluate --model runs/qs/run/best --data traitshapes:128 --methods cdam,rollout,agcam
@@ -158,8 +170,28 @@ def cli_evaluate(
     dataset = open_dataset(data, model, split)
     names = resolve_methods(methods)
     metric_names = resolve_metric_names(metrics)
+    if amp:
+        method_options = amp_options(names, method_options)
     log.info("evaluating %d methods × %d metrics on %d images", len(names), len(metric_names),
              len(cast(Sized, dataset)) if max_images is None else min(len(cast(Sized, dataset)), max_images))
     return evaluate(model, dataset, names, metric_names, out=out, batch_size=batch_size, max_images=max_images,
                     target=target, lsc=parse_lsc(lsc), method_options=method_options, metric_options=metric_options,
                     progress=progress, resume=resume)
+
+
+def amp_options(methods: Sequence[str], method_options: Mapping[str, Mapping[str, Any]] | None
+                ) -> dict[str, dict[str, Any]]:
+    """`method_options` with `amp=True` for every method.
+
+    Raises:
+        AmpUnsafeMethodError: some methods are amp-unsafe (all of them named in one line).
+    """
+    unsafe = [m for m in methods if amp_refusal(m) is not None]
+    if unsafe:
+        safe = ", ".join(m.name for m in list_methods() if m.amp_tolerance is not None)
+        raise AmpUnsafeMethodError(f"amp-unsafe methods (half precision breaks their maps): {', '.join(unsafe)}; "
+                                   f"drop --amp or keep to: {safe}")
+    options = {m: dict(o) for m, o in (method_options or {}).items()}
+    for m in methods:
+        options.setdefault(m, {})["amp"] = True
+    return options

@@ -6,7 +6,7 @@ New methods subclass `Explainer` (or `GradientExplainer`) and register with `@re
 import importlib
 import pkgutil
 
-from traitlens.explain._amp import AmpUnsafeMethodError
+from traitlens.explain._amp import AmpUnsafeMethodError, amp_refusal
 from traitlens.explain._base import Explainer
 from traitlens.explain._compat import (
     FAMILIES,
@@ -42,6 +42,7 @@ __all__ = [
     "IncompatibleMethodError",
     "MethodInfo",
     "TargetSpec",
+    "amp_refusal",
     "explain",
     "get_method",
     "list_methods",

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from traitlens.explain._explanation import Attribution
-from traitlens.explain._registry import MethodInfo, list_methods
+from traitlens.explain._registry import MethodInfo, get_method, list_methods
 
-__all__ = ["AmpUnsafeMethodError", "amp_context", "amp_dtype", "cpu_has_bf16", "to_input_dtype"]
+__all__ = ["AmpUnsafeMethodError", "amp_context", "amp_dtype", "amp_refusal", "cpu_has_bf16", "to_input_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,27 @@ def amp_context(info: MethodInfo, device: torch.device, amp: bool) -> tuple[Abst
         raise TypeError(f"amp must be True or False, got {amp!r}")
     if not amp:
         return nullcontext(), None
-    if info.amp_tolerance is None:
-        safe = ", ".join(m.name for m in list_methods() if m.amp_tolerance is not None)
-        raise AmpUnsafeMethodError(f"method '{info.name}' is amp-unsafe (half precision breaks its maps); "
-                                   f"drop amp=True, or use one of: {safe}")
+    why = amp_refusal(info)
+    if why is not None:
+        raise AmpUnsafeMethodError(why)
     dtype = amp_dtype(device)
     if dtype is None:
         log.warning("amp: no bfloat16 units on %s; %s runs in float32", device, info.name)
         return nullcontext(), None
     return torch.autocast(device.type, dtype=dtype), dtype
+
+
+def amp_refusal(method: str | MethodInfo) -> str | None:
+    """Why `method` cannot run with `amp=True` (one line naming the amp-safe methods), or None if it can.
+
+    Raises:
+        ValueError: an unknown method name.
+    """
+    info = get_method(method) if isinstance(method, str) else method
+    if info.amp_tolerance is not None:
+        return None
+    safe = ", ".join(m.name for m in list_methods() if m.amp_tolerance is not None)
+    return f"method '{info.name}' is amp-unsafe (half precision breaks its maps); drop amp, or use one of: {safe}"
 
 
 def to_input_dtype(raw: Attribution, dtype: torch.dtype) -> Attribution:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -17,7 +18,8 @@ from traitlens.explain._gradients import _check_batch_size, _rows_per_pass
 from traitlens.explain._registry import MethodInfo
 from traitlens.explain._targets import TargetSpec
 
-__all__ = ["Explainer", "forward_bytes", "fuse", "image_size", "query_row", "row_chunks"]
+__all__ = ["Explainer", "forward_bytes", "fuse", "image_size", "last_block_row_bytes", "query_row", "row_chunks",
+           "rows_in_chunks", "sequence_bytes"]
 
 log = logging.getLogger(__name__)
 _warned_pool: set[tuple[int, str]] = set()
@@ -146,3 +148,28 @@ def forward_bytes(model: nn.Module, num_tokens: int, itemsize: int = 4) -> int:
     vit = as_vit(model)
     width = int(getattr(vit, "embed_dim", 0) or vit.blocks[-1].attn.qkv.in_features)
     return 12 * num_tokens * width * itemsize
+
+
+def sequence_bytes(model: nn.Module, num_tokens: int, num_heads: int, itemsize: int = 4) -> int:
+    """Estimated peak memory of one sequence in a no-grad forward: `forward_bytes`, plus the scores and
+    probabilities (two [H,N,N] tensors) when a block of `model` runs its attention unfused."""
+    unfused = any(not getattr(blk.attn, "fused_attn", False) for blk in as_vit(model).blocks)
+    attention = num_heads * num_tokens**2 * itemsize
+    return forward_bytes(model, num_tokens, itemsize) + (2 * attention if unfused else 0)
+
+
+def rows_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
+                   internal_batch_size: int | str | None, row_bytes: int) -> torch.Tensor:
+    """`fn` over chunks of `rows` (along dim 0, `row_chunks`), concatenated: a forward that never holds more
+    than one chunk's working memory. `fn` must treat its rows independently (eval-mode models do)."""
+    parts = [fn(rows[start:stop]) for start, stop in row_chunks(rows.shape[0], internal_batch_size, row_bytes)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def last_block_row_bytes(model: nn.Module, num_tokens: int, num_heads: int) -> int:
+    """Estimated peak memory of one row of a last-block forward + backward (what 'auto' divides its budget by).
+
+    The attention scores, probabilities and their gradient (3 tensors [H,N,N]) and the block's token activations
+    with their gradients (2 × ~12·N·D values, `forward_bytes`).
+    """
+    return 3 * num_heads * num_tokens**2 * 4 + 2 * forward_bytes(model, num_tokens)

@@ -22,8 +22,15 @@ from traitlens.backbones.introspect import ViTLayout
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.backbones.protocols import as_vit
 from traitlens.backbones.trunk import head_forward, trunk_forward
-from traitlens.explain._base import Explainer
+from traitlens.explain._base import (
+    Explainer,
+    last_block_row_bytes,
+    row_chunks,
+    rows_in_chunks,
+    sequence_bytes,
+)
 from traitlens.explain._explanation import Attribution
+from traitlens.explain._gradients import _check_batch_size, _rows_per_pass
 from traitlens.explain._registry import register_method
 from traitlens.explain._sites import LastBlock, prompted_site
 from traitlens.explain._targets import TargetSpec, target_scores
@@ -41,13 +48,20 @@ def check_grad_mode(name: str) -> None:
         raise RuntimeError(f"{name} cannot run under torch.inference_mode(); it needs gradients")
 
 
-def check_multi_target(multi_target: str, internal_batch_size: int | None) -> None:
+def check_multi_target(multi_target: str, internal_batch_size: int | str | None) -> None:
     """Validate the shared batching options."""
     if multi_target not in MULTI_TARGETS:
         raise ValueError(f"unknown multi_target '{multi_target}'; choose from {MULTI_TARGETS}")
-    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
-                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    _check_batch_size(internal_batch_size)
+
+
+def trunk_tokens(model: nn.Module, images: torch.Tensor, layout: ViTLayout, site: LastBlock | None,
+                 internal_batch_size: int | str | None) -> torch.Tensor:
+    """x^(L−1) from the no-grad trunk, run over chunks of images so that a large batch stays within the budget."""
+    vit = model if site is None else site.vit
+    num_tokens = layout.num_tokens + (0 if site is None else site.num_queries)
+    trunk = (lambda t: trunk_forward(model, t, layout.num_blocks - 1)) if site is None else site.trunk
+    return rows_in_chunks(trunk, images, internal_batch_size, sequence_bytes(vit, num_tokens, layout.num_heads))
 
 
 def concept_of(target: TargetSpec, target_space: str, model: nn.Module, site: LastBlock | None = None) -> Any:
@@ -156,20 +170,22 @@ def cdam_rows(
     concept: Any = None,
     target_space: str = "logit",
     multi_target: str = "expand",
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | str | None = None,
     site: LastBlock | None = None,
+    row_bytes: int = 0,
 ) -> torch.Tensor:
     """Token scores [M,K,N] for M rows of last-block inputs and their targets [M,K], chunked.
 
     'expand' turns (row, target) pairs into rows of one-target passes (the tokens x^(L−1) are replicated, never
     the trunk); 'vjp' runs each row once and backpropagates its K targets with `is_grads_batched`.
-    `internal_batch_size` bounds the rows per pass (None: all in one pass).
+    `internal_batch_size` bounds the rows per pass (None: all in one pass; 'auto': as many as fit in the budget
+    at `row_bytes` per one-target row; a 'vjp' row counts K times).
     """
     M, K = targets.shape
     device = targets.device
     kw = {"concept": concept, "target_space": target_space, "site": site}
     if K == 1 or multi_target == "vjp":
-        step = internal_batch_size or M
+        step = _rows_per_pass(internal_batch_size, row_bytes * K) or M
         out = []
         for start in range(0, M, step):
             idx = torch.arange(start, min(M, start + step), device=device)
@@ -177,7 +193,7 @@ def cdam_rows(
             out.append(cdam_pass(model, tokens, targets[idx], t_override=t_over, **kw)[0])
         return torch.cat(out)
     total = M * K
-    step = internal_batch_size or total
+    step = _rows_per_pass(internal_batch_size, row_bytes) or total
     out = []
     for start in range(0, total, step):
         r = torch.arange(start, min(total, start + step), device=device)
@@ -185,6 +201,15 @@ def cdam_rows(
         tokens, t_over = rows(src)
         out.append(cdam_pass(model, tokens, targets[src, col].unsqueeze(1), t_override=t_over, **kw)[0][:, 0])
     return torch.cat(out).view(M, K, -1)
+
+
+def _chunk_resolver(target: TargetSpec, start: int, stop: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
+    """Resolves the targets of images start..stop−1 from that chunk's own logits (fixed ids: their rows)."""
+    def resolve(logits: torch.Tensor | None) -> torch.Tensor:
+        ids = target.resolve(logits)
+        return ids if target.needs_logits else ids[start:stop]
+
+    return resolve
 
 
 def to_attribution(
@@ -231,14 +256,16 @@ class CDAM(Explainer):
             [B,K,C+n_p], the class prompts first).
         multi_target: several targets per image by 'expand' (default; replicate x^(L−1) K times, rerun only the
             last block) or 'vjp' (one pass, `is_grads_batched` with one-hot grad_outputs).
-        internal_batch_size: at most this many rows per 'expand' pass (None: one pass).
+        internal_batch_size: rows per pass: images for the no-grad trunk and for top-1 or 'vjp', (image, target)
+            pairs for 'expand'. "auto" (default) fits the estimated memory of a pass in 2 GiB
+            (docs/performance.md), None runs one pass; the maps are the same for every value.
 
     Example:
         >>> exp = explain(model, x, method="cdam", target="topk:3")  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, exclude_prefix: bool = True, multi_target: str = "expand",
-                 internal_batch_size: int | None = None) -> None:
+                 internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model)
         check_multi_target(multi_target, internal_batch_size)
         self.exclude_prefix = bool(exclude_prefix)
@@ -250,17 +277,27 @@ class CDAM(Explainer):
         layout = self.layout(images)
         site = prompted_site(self.model)
         concept = concept_of(target, target_space, self.model, site)
-        x = trunk_forward(self.model, images, layout.num_blocks - 1) if site is None else site.trunk(images)
+        x = trunk_tokens(self.model, images, layout, site, self.internal_batch_size)
+        vit = self.model if site is None else site.vit
+        row_bytes = last_block_row_bytes(vit, int(x.shape[1]), layout.num_heads)
         kw = {"concept": concept, "target_space": target_space, "site": site}
-        if target.num_targets == 1 or self.multi_target == "vjp":
-            # One last-block forward gives the logits to resolve top-k targets and the graph to differentiate.
-            scores, logits, targets = cdam_pass(self.model, x, target.resolve, **kw)
+        K = target.num_targets
+        if K == 1 or self.multi_target == "vjp":
+            # One last-block forward per chunk gives the logits to resolve top-k targets and the graph to
+            # differentiate; a 'vjp' image carries the gradients of its K targets.
+            parts = [cdam_pass(self.model, x[start:stop], _chunk_resolver(target, start, stop), **kw)
+                     for start, stop in row_chunks(x.shape[0], self.internal_batch_size, row_bytes * K)]
+            scores = torch.cat([p[0] for p in parts])
+            logits = None if parts[0][1] is None else torch.cat([cast(torch.Tensor, p[1]) for p in parts])
+            targets = torch.cat([p[2] for p in parts])
         else:
             with torch.no_grad():
-                logits, _ = last_block_forward(self.model, x, concept, site)
+                logits = rows_in_chunks(lambda t: cast(torch.Tensor, last_block_forward(self.model, t, concept,
+                                                                                        site)[0]),
+                                        x, self.internal_batch_size, row_bytes)
             targets = target.resolve(logits)
             scores = cdam_rows(self.model, lambda idx: (x[idx], None), targets, multi_target="expand",
-                               internal_batch_size=self.internal_batch_size, **kw)
+                               internal_batch_size=self.internal_batch_size, row_bytes=row_bytes, **kw)
         return to_attribution(scores, layout, targets, logits, self.exclude_prefix,
                               num_queries=0 if site is None else site.num_queries)
 
@@ -281,7 +318,8 @@ class PerturbedCDAM(Explainer):
     INJECT_AT: tuple[str, ...] = ("block_input", "norm1_output")
 
     def __init__(self, model: nn.Module, *, n: int, noise_level: float | None, inject_at: str | None,
-                 preset: str | None, generator: GeneratorArg, multi_target: str, internal_batch_size: int | None,
+                 preset: str | None, generator: GeneratorArg, multi_target: str,
+                 internal_batch_size: int | str | None,
                  exclude_prefix: bool, default_noise: dict[str, float], min_n: int) -> None:
         super().__init__(model)
         preset = preset or "cdam"
@@ -311,8 +349,8 @@ class PerturbedCDAM(Explainer):
         """The α of each computed row (rows dropped by the schedule are not computed at all)."""
         raise NotImplementedError
 
-    def _noise(self, base: torch.Tensor, m: int) -> torch.Tensor | None:
-        """ε [B,m,N,D], drawn image by image so a per-image generator makes batched = per-image runs."""
+    def _noise(self, base: torch.Tensor, m: int) -> _ImageNoise | None:
+        """ε_{b,s}, drawn image by image (in order) so a per-image generator makes batched = per-image runs."""
         if self.noise_level == 0:
             return None
         B = base.shape[0]
@@ -325,25 +363,35 @@ class PerturbedCDAM(Explainer):
             gens = [self.generator] * B
         flat = base.flatten(1)
         sigma = self.noise_level * (flat.amax(1) - flat.amin(1))  # [B], per image over the whole [N,D]
-        eps = []
-        for b, g in enumerate(gens):
+
+        def draw(b: int) -> torch.Tensor:
+            g = gens[b]
             dev = g.device if g is not None else base.device
             z = torch.randn((m, *base.shape[1:]), generator=g, device=dev, dtype=base.dtype).to(base.device)
-            eps.append(z * sigma[b])
-        return torch.stack(eps)
+            return z * sigma[b]
+
+        return _ImageNoise(draw)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
         check_grad_mode(self.info.name)
         layout = self.layout(images)
         site = prompted_site(self.model)
         concept = concept_of(target, target_space, self.model, site)
-        x = trunk_forward(self.model, images, layout.num_blocks - 1) if site is None else site.trunk(images)
-        # Clean pass: logits to resolve the targets, and T for injection at the norm1 output.
+        x = trunk_tokens(self.model, images, layout, site, self.internal_batch_size)
         vit = self.model if site is None else site.vit
-        with torch.no_grad(), AttentionProbe(vit, blocks=[-1], capture=("norm1",)) as probe:
-            logits, _ = last_block_forward(self.model, x, concept, site)
+        row_bytes = last_block_row_bytes(vit, int(x.shape[1]), layout.num_heads)
+
+        def clean(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # Clean pass: logits to resolve the targets, and T for injection at the norm1 output.
+            with torch.no_grad(), AttentionProbe(vit, blocks=[-1], capture=("norm1",)) as probe:
+                lg, _ = last_block_forward(self.model, t, concept, site)
+            return cast(torch.Tensor, lg), probe.norm1[-1]
+
+        passes = [clean(x[start:stop]) for start, stop in row_chunks(x.shape[0], self.internal_batch_size, row_bytes)]
+        logits = passes[0][0] if len(passes) == 1 else torch.cat([p[0] for p in passes])
         targets = target.resolve(logits)
-        base = x if self.inject_at == "block_input" else probe.norm1[-1]
+        base = x if self.inject_at == "block_input" else (
+            passes[0][1] if len(passes) == 1 else torch.cat([p[1] for p in passes]))
         alphas = torch.tensor(self.alphas(), dtype=x.dtype, device=x.device)
         m = alphas.numel()
         noise = self._noise(base, m)
@@ -352,14 +400,39 @@ class PerturbedCDAM(Explainer):
             b, s = idx // m, idx % m
             moved = alphas[s].view(-1, 1, 1) * base[b]
             if noise is not None:
-                moved = moved + noise[b, s]
+                moved = moved + noise.rows(b, s)
             return (moved, None) if self.inject_at == "block_input" else (x[b], moved)
 
         B, K = targets.shape
         row_targets = targets.repeat_interleave(m, dim=0)  # row b·m + s explains image b's targets
         scores = cdam_rows(self.model, rows, row_targets, concept=concept, target_space=target_space,
-                           multi_target=self.multi_target, internal_batch_size=self.internal_batch_size, site=site)
+                           multi_target=self.multi_target, internal_batch_size=self.internal_batch_size, site=site,
+                           row_bytes=row_bytes)
         scores = scores.view(B, m, K, -1).mean(1)
         return to_attribution(scores, layout, targets, logits, self.exclude_prefix,
                               extras={"n_rows": m, "noise_level": self.noise_level, "inject_at": self.inject_at},
                               num_queries=0 if site is None else site.num_queries)
+
+
+class _ImageNoise:
+    """The noise ε_{b,s} of the rows of a pass, drawn one image at a time and dropped once passed.
+
+    Passes visit rows in image order, so drawing image b's m samples when a pass first needs them (every earlier
+    image first) consumes a shared generator in the same order as drawing all images up front: the same noise,
+    with memory for the images of one pass instead of the whole batch.
+    """
+
+    def __init__(self, draw: Callable[[int], torch.Tensor]) -> None:
+        self._draw = draw
+        self._drawn: dict[int, torch.Tensor] = {}
+        self._next = 0
+
+    def rows(self, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """ε for rows (image b[i], sample s[i]) → [n,N,D]."""
+        first, last = int(b.min()), int(b.max())
+        for old in [k for k in self._drawn if k < first]:
+            del self._drawn[old]
+        while self._next <= last:
+            self._drawn[self._next] = self._draw(self._next)
+            self._next += 1
+        return torch.stack([self._drawn[int(bi)][int(si)] for bi, si in zip(b.tolist(), s.tolist(), strict=True)])

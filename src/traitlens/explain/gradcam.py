@@ -17,34 +17,34 @@ from traitlens.backbones.introspect import ViTLayout, is_vit
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.backbones.protocols import TimmClassifier, as_vit
 from traitlens.backbones.trunk import head_forward, trunk_forward
-from traitlens.explain._base import query_row
+from traitlens.explain._base import last_block_row_bytes, query_row, rows_in_chunks, sequence_bytes
 from traitlens.explain._compat import prompted_backbone
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
-from traitlens.explain._gradients import _check_state
+from traitlens.explain._gradients import AUTO_BUDGET_BYTES, _check_state
 from traitlens.explain._registry import register_method
 from traitlens.explain._sites import prompted_site
 from traitlens.explain._targets import TargetSpec
 
 __all__ = ["GradCAM", "GradCAMViT"]
 
+#: Images per no-grad feature pass of a CNN under 'auto' (no per-image estimate exists for an arbitrary CNN).
+CNN_FEATURE_ROWS = 16
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Grad-CAM for ViTs (Chefer) and its token variant.
 # --------------------------------------------------------------------------------------------------------------
 
-def _last_block_split(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor],
-                                                                                             torch.Tensor]]:
-    """(x, f) with f(x) = model(images) and x = x^(L−1) from the no-grad trunk (posthoc.md §0 "Trunk split").
-
-    Models without the timm VisionTransformer parts run the full forward instead (x = images), which gives the same
-    gradients with more memory.
-    """
+def _last_block_split(model: nn.Module, images: torch.Tensor, internal_batch_size: int | str | None, row_bytes: int
+                      ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(x, f) with f(x) = model(images) and x = x^(L−1) from the no-grad trunk (posthoc.md §0 "Trunk split"), run
+    over chunks of images of `row_bytes` each; None for models without the timm VisionTransformer parts."""
     k = len(as_vit(model).blocks) - 1
     try:
-        tokens = trunk_forward(model, images, k)
+        tokens = rows_in_chunks(lambda t: trunk_forward(model, t, k), images, internal_batch_size, row_bytes)
     except TypeError:
-        return images, model
+        return None
     return tokens, lambda t: head_forward(model, t, k)
 
 
@@ -102,7 +102,9 @@ class GradCAMViT(GradientExplainer):
         model: a timm ViT or a "prompted_vit" model (posthoc.md §0 "Model families").
         variant: "attn" (default) | "tokens".
         multi_target: "expand" (default; replicate x^(L−1) per target) | "vjp" (one forward, batched VJPs).
-        internal_batch_size: rows per last-block pass (images×targets for 'expand'); None = one pass.
+        internal_batch_size: rows per pass: images for the no-grad trunk, images×targets for an 'expand'
+            last-block pass. "auto" (default) fits the estimated memory of a pass in 2 GiB (docs/performance.md),
+            None runs one pass; the maps are the same for every value.
         query: "cls" (default) | "mean_patches" (attn variant only; averages the patch rows).
 
     Example:
@@ -110,21 +112,40 @@ class GradCAMViT(GradientExplainer):
     """
 
     def __init__(self, model: nn.Module, variant: str = "attn", multi_target: str = "expand",
-                 internal_batch_size: int | str | None = 64, query: str = "cls") -> None:
+                 internal_batch_size: int | str | None = "auto", query: str = "cls") -> None:
         if variant not in ("attn", "tokens"):
             raise ValueError(f"unknown variant '{variant}'; choose 'attn' (Chefer) or 'tokens' (pytorch-grad-cam)")
         super().__init__(model, multi_target, internal_batch_size, query)
         self.variant = variant
         self._site = prompted_site(model)
+        self._whole_model = False  # set by `_split` when the model has no trunk split (full forward per row)
 
     def _needs_cls(self) -> bool:
         # A prompted ViT's query row is the target's class token, which always exists.
         return self.variant == "attn" and self.query == "cls" and self._site is None
 
     def _split(self, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        layout = self.layout(images)
+        vit = self.model if self._site is None else self._site.vit
+        row_bytes = sequence_bytes(vit, self._tokens(layout), layout.num_heads)
         if self._site is not None:
-            return self._site.trunk(images), self._site.head
-        return _last_block_split(self.model, images)
+            return rows_in_chunks(self._site.trunk, images, self.internal_batch_size, row_bytes), self._site.head
+        split = _last_block_split(self.model, images, self.internal_batch_size, row_bytes)
+        self._whole_model = split is None
+        return (images, self.model) if split is None else split
+
+    def _tokens(self, layout: ViTLayout) -> int:
+        """Tokens of the last block's sequence (a prompted ViT's class prompts included)."""
+        return layout.num_tokens + (0 if self._site is None else self._site.num_queries)
+
+    def _row_bytes(self, layout: ViTLayout, num_targets: int) -> int:
+        """One row of a last-block forward + backward (`last_block_row_bytes`); K of them per 'vjp' row. A
+        model without the trunk split runs every block per row: the default estimate."""
+        if self._whole_model:
+            return super()._row_bytes(layout, num_targets)
+        vit = self.model if self._site is None else self._site.vit
+        per_target = 1 if self.multi_target == "expand" else num_targets
+        return per_target * last_block_row_bytes(vit, self._tokens(layout), layout.num_heads)
 
     def _extras(self) -> dict[str, Any]:
         return {"variant": self.variant}
@@ -181,14 +202,16 @@ class GradCAM(GradientExplainer):
         model: a timm CNN (`forward_features` → [B,C,h,w], `forward_head`), INTR or SCOUTER (their backbone
             feature map), a timm ViT or Prompt-CAM; in eval mode.
         multi_target: "expand" (default; replicate the feature map per target) | "vjp".
-        internal_batch_size: rows per head pass (images×targets for 'expand'); None = one pass.
+        internal_batch_size: rows per pass (images for the features, images×targets for an 'expand' head pass).
+            "auto" (default) fits the estimated memory of a pass in 2 GiB (a ViT's estimate; 16 images per
+            feature pass of a CNN), None runs one pass; the maps are the same for every value.
 
     Raises:
         RuntimeError: a BatchNorm layer is in training mode.
     """
 
     def __init__(self, model: nn.Module, multi_target: str = "expand",
-                 internal_batch_size: int | str | None = 64) -> None:
+                 internal_batch_size: int | str | None = "auto") -> None:
         super().__init__(model, multi_target, internal_batch_size, query=None)
 
     def attribute(self, images: torch.Tensor, target: TargetSpec, target_space: str = "logit") -> Attribution:
@@ -201,10 +224,13 @@ class GradCAM(GradientExplainer):
                             "gradcam needs a timm CNN or a timm ViT")
         model = cast(TimmClassifier, self.model)
         with torch.no_grad():
-            feats = model.forward_features(images)
+            feats = rows_in_chunks(model.forward_features, images, self.internal_batch_size,
+                                   AUTO_BUDGET_BYTES // CNN_FEATURE_ROWS)
         if feats.dim() != 4:
             raise TypeError(f"forward_features returned shape {tuple(feats.shape)}; gradcam needs a [B,C,h,w] map")
-        out = self._run_chunks(feats, model.forward_head, target, target_space, self._feature_chunk)
+        # A head row holds the replicated feature map, its gradient and the weighted sum: ~4 feature maps.
+        row_bytes = 4 * feats[0].numel() * feats.element_size()
+        out = self._run_chunks(feats, model.forward_head, target, target_space, self._feature_chunk, row_bytes)
         return Attribution(out.maps, out.targets, out.logits)
 
     @staticmethod

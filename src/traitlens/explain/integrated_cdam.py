@@ -44,7 +44,9 @@ class IntegratedCDAM(PerturbedCDAM):
         preset: None/'cdam' (the CDAM v3 package) or 'obzai'.
         generator: a torch.Generator, one per image (sequence), or None; noise is drawn per (image, step).
         multi_target: 'expand' (default) or 'vjp' for K > 1 targets.
-        internal_batch_size: rows (image × step × target) per last-block pass (default 64; None: one pass).
+        internal_batch_size: rows (image × step × target) per last-block pass (the no-grad
+            trunk: images). "auto" (default) fits the estimated memory of a pass in 2 GiB (docs/performance.md),
+            None runs one pass; the maps are the same for every value.
         exclude_prefix: drop the prefix tokens from the map (default True).
 
     Example:
@@ -55,7 +57,7 @@ class IntegratedCDAM(PerturbedCDAM):
 
     def __init__(self, model: nn.Module, n_steps: int = 50, noise_level: float | None = None,
                  inject_at: str | None = None, preset: str | None = None, generator: GeneratorArg = None,
-                 multi_target: str = "expand", internal_batch_size: int | None = 64,
+                 multi_target: str = "expand", internal_batch_size: int | str | None = "auto",
                  exclude_prefix: bool = True) -> None:
         super().__init__(model, n=n_steps, noise_level=noise_level, inject_at=inject_at, preset=preset,
                          generator=generator, multi_target=multi_target, internal_batch_size=internal_batch_size,

@@ -2,7 +2,8 @@
 
 The relevance pass is a functional re-implementation of timm's `Block` that reuses the model's own modules and
 weights (no model copy, no relprop-capable model class). Reference: `hila-chefer/Transformer-Explainability`,
-`baselines/ViT/ViT_LRP.py` and `modules/layers_ours.py` (MIT); its rules are re-derived here in closed form.
+`baselines/ViT/ViT_LRP.py` and `modules/layers_ours.py` (MIT); its rules are re-derived in closed form in
+`_lrp_rules.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ from traitlens.backbones.trunk import trunk_forward
 from traitlens.explain._base import query_row
 from traitlens.explain._gradient_explainer import ChunkMaps, GradientChunk, GradientExplainer
 from traitlens.explain._gradients import _resolve_chunk, attention_bytes
+from traitlens.explain._lrp_rules import (
+    Workspace,
+    relprop_add,
+    relprop_clone,
+    relprop_linear,
+    relprop_matmul,
+    relprop_scale,
+    safe_divide,
+)
 from traitlens.explain._registry import register_method
 
 __all__ = [
@@ -34,83 +44,9 @@ __all__ = [
     "safe_divide",
 ]
 
-EPS = 1e-9
 MODES = ("full", "partial_lrp")
 STABILIZERS = ("clamp", "reference")
 _NORMS = (nn.LayerNorm, nn.Identity)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Relevance rules (posthoc.md §9). Every rule is per sample; R has the shape of the layer output.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def safe_divide(a: torch.Tensor, b: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
-    """a / b, and 0 wherever b = 0.
-
-    'clamp' (spec): the denominator keeps its sign and |b| ≥ 1e-9. 'reference': the reference's `safe_divide`,
-    which in effect divides by b + 1e-9 (its two clamps add up to that for every b).
-    """
-    # In-place clamps and masked fills: `torch.where` costs ~3 multiplications on a CPU, and these run on the
-    # [B,H,N,N] attention relevances (same values and signs as the `where` form, zeros included).
-    if stabilizer == "clamp":
-        den = b.abs().clamp_(min=EPS).copysign_(b)  # b ≥ 0 → max(b, ε), b < 0 → min(b, −ε); b = ±0 is masked
-    else:
-        den = b + EPS
-        den.masked_fill_(den == 0, EPS)
-    out = torch.div(a, den, out=den) if den.shape == torch.broadcast_shapes(a.shape, b.shape) and \
-        den.dtype == torch.result_type(a, b) else a / den  # reuse the buffer
-    return out.masked_fill_(b == 0, 0.0)
-
-
-def relprop_linear(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
-    """LRP-αβ with α=1, β=0 through y = x Wᵀ (+ bias, ignored).
-
-    R_j = Σ_i [(x_j w_ij)^+ / Σ_j' (x_j' w_ij')^+]·R_i. A product is positive when x and w share a sign, so
-    (x w)^+ = x^+ w^+ + x^− w^−, and the rule is two transposed matmuls per sign.
-    """
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-    Z = xp @ wp.T + xn @ wn.T
-    S = safe_divide(R, Z, stabilizer)
-    return xp * (S @ wp) + xn * (S @ wn)
-
-
-def relprop_matmul(
-    a: torch.Tensor, b: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """z-rule over both operands of Z = a @ b: R_a = a ⊙ (S bᵀ), R_b = b ⊙ (aᵀ S), S = R/Z (not halved here)."""
-    S = safe_divide(R, a @ b, stabilizer)
-    return a * (S @ b.transpose(-2, -1)), b * (a.transpose(-2, -1) @ S)
-
-
-def relprop_add(
-    a: torch.Tensor, b: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual a + b: z-rule split, then rescale so that ΣR_a : ΣR_b = |ΣR_a| : |ΣR_b| and ΣR_a + ΣR_b = ΣR.
-
-    The sums run over each sample (every dim but the first); the reference sums over the whole batch, which
-    is the same at B = 1.
-    """
-    S = safe_divide(R, a + b, stabilizer)
-    Ra, Rb = a * S, b * S
-    dims = tuple(range(1, R.dim()))
-    sa, sb, sR = Ra.sum(dims, keepdim=True), Rb.sum(dims, keepdim=True), R.sum(dims, keepdim=True)
-    total = sa.abs() + sb.abs()
-    fa = safe_divide(sa.abs(), total, stabilizer) * sR
-    fb = safe_divide(sb.abs(), total, stabilizer) * sR
-    return Ra * safe_divide(fa, sa, stabilizer), Rb * safe_divide(fb, sb, stabilizer)
-
-
-def relprop_clone(x: torch.Tensor, *Rs: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
-    """A tensor used by several branches: R = x ⊙ Σ_r R_r/x (the z-rule; Σ_r R_r where x ≠ 0)."""
-    return x * sum(safe_divide(r, x, stabilizer) for r in Rs)
-
-
-def relprop_scale(x: torch.Tensor, gamma: torch.Tensor, R: torch.Tensor, stabilizer: str = "clamp") -> torch.Tensor:
-    """Elementwise z-rule through y = x ⊙ γ (LayerScale; our extension): R_x = x γ ⊙ R/(x γ)."""
-    z = x * gamma
-    return z * safe_divide(R, z, stabilizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,6 +64,7 @@ class _BlockActs:
     k: torch.Tensor
     v: torch.Tensor
     attn: torch.Tensor  # post-softmax (post-dropout) A [B,H,N,N]
+    attn_v: torch.Tensor  # A·V [B,H,N,d]
     ctx: torch.Tensor  # attn.norm(A·V merged) [B,N,H·d], the input of proj
     proj_out: torch.Tensor  # proj(ctx), the input of ls1
     branch1: torch.Tensor  # ls1(proj_out)
@@ -148,7 +85,8 @@ def _block_forward(blk: ViTBlock, x: torch.Tensor) -> _BlockActs:
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     a = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
-    ctx = attn.norm((a @ v).transpose(1, 2).reshape(B, N, -1))
+    attn_v = a @ v
+    ctx = attn.norm(attn_v.transpose(1, 2).reshape(B, N, -1))
     proj_out = attn.proj_drop(attn.proj(ctx))
     branch1 = blk.drop_path1(blk.ls1(proj_out))
     mid = x + branch1
@@ -157,7 +95,8 @@ def _block_forward(blk: ViTBlock, x: torch.Tensor) -> _BlockActs:
     hidden = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(t2))))
     fc2_out = mlp.drop2(mlp.fc2(hidden))
     branch2 = blk.drop_path2(blk.ls2(fc2_out))
-    return _BlockActs(x, t1, q, k, v, a, ctx, proj_out, branch1, mid, t2, hidden, fc2_out, branch2, mid + branch2)
+    return _BlockActs(x, t1, q, k, v, a, attn_v, ctx, proj_out, branch1, mid, t2, hidden, fc2_out, branch2,
+                      mid + branch2)
 
 
 def _relprop_ls(ls: nn.Module, x: torch.Tensor, R: torch.Tensor, stabilizer: str) -> torch.Tensor:
@@ -165,31 +104,35 @@ def _relprop_ls(ls: nn.Module, x: torch.Tensor, R: torch.Tensor, stabilizer: str
 
 
 def _relprop_block(
-    blk: ViTBlock, acts: _BlockActs, R: torch.Tensor, stabilizer: str, stop_at_attention: bool = False
+    blk: ViTBlock, acts: _BlockActs, R: torch.Tensor, stabilizer: str, stop_at_attention: bool = False,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Relevance R at the block output [B,N,D] → (R at the block input, R_A [B,H,N,N] after A·V's relprop, halved).
+
+    With a `workspace`, R_A lives in its buffer and is overwritten by the next block's call.
 
     LayerNorm, GELU (any activation), softmax and dropout pass relevance through unchanged.
     """
     attn = blk.attn
     B, N, _ = R.shape
     # x = mid + ls2(mlp(norm2(mid)))
-    R_mid_res, R_branch2 = relprop_add(acts.mid, acts.branch2, R, stabilizer)
+    R_mid_res, R_branch2 = relprop_add(acts.mid, acts.branch2, R, stabilizer, total=acts.out)
     R_fc2 = _relprop_ls(blk.ls2, acts.fc2_out, R_branch2, stabilizer)
     R_hidden = relprop_linear(acts.hidden, blk.mlp.fc2.weight, R_fc2, stabilizer)
     R_t2 = relprop_linear(acts.t2, blk.mlp.fc1.weight, R_hidden, stabilizer)
     R_mid = relprop_clone(acts.mid, R_mid_res, R_t2, stabilizer=stabilizer)
     # mid = x + ls1(attn(norm1(x)))
-    R_x_res, R_branch1 = relprop_add(acts.x, acts.branch1, R_mid, stabilizer)
+    R_x_res, R_branch1 = relprop_add(acts.x, acts.branch1, R_mid, stabilizer, total=acts.mid)
     R_proj = _relprop_ls(blk.ls1, acts.proj_out, R_branch1, stabilizer)
     R_ctx = relprop_linear(acts.ctx, attn.proj.weight, R_proj, stabilizer)
     R_ctx = R_ctx.reshape(B, N, attn.num_heads, -1).transpose(1, 2)  # [B,H,N,d]
-    R_A, R_v = relprop_matmul(acts.attn, acts.v, R_ctx, stabilizer)
+    R_A, R_v = relprop_matmul(acts.attn, acts.v, R_ctx, stabilizer, product=acts.attn_v, workspace=workspace,
+                              tag="av")
     R_A, R_v = R_A.mul_(0.5), R_v / 2  # in place: R_A is [B,H,N,N]; halving is exact either way
     if stop_at_attention:
         return None, R_A
     # A = softmax(q kᵀ·scale): the scale cancels in the z-rule, as in the reference's unscaled einsum.
-    R_q, R_kT = relprop_matmul(acts.q, acts.k.transpose(-2, -1), R_A, stabilizer)
+    R_q, R_kT = relprop_matmul(acts.q, acts.k.transpose(-2, -1), R_A, stabilizer, workspace=workspace, tag="qk")
     R_qkv = torch.stack([R_q / 2, R_kT.transpose(-2, -1) / 2, R_v])  # [3,B,H,N,d]
     R_qkv = R_qkv.permute(1, 3, 0, 2, 4).reshape(B, N, -1)  # inverse of timm's qkv reshape
     R_t1 = relprop_linear(acts.t1, attn.qkv.weight, R_qkv, stabilizer)
@@ -347,7 +290,8 @@ class LRPTransformerAttribution(GradientExplainer):
         acts = {b: _detached(a) for b, a in acts.items()}
         classes = targets.reshape(-1)
         first = min(acts)
-        steps = self._relevance_steps(lambda b: _repeat(acts.pop(b), rep), classes, first)
+        # The fold below is done with each R_A before the next block's: one buffer serves them all.
+        steps = self._relevance_steps(lambda b: _repeat(acts.pop(b), rep), classes, first, reuse=True)
         n = chunk.n
         if self.mode == "partial_lrp":
             (_, R_A), = steps
@@ -364,13 +308,15 @@ class LRPTransformerAttribution(GradientExplainer):
     # -- relevance pass ------------------------------------------------------------------------------------------
 
     def _relevance_steps(self, acts_of: Callable[[int], _BlockActs], classes: torch.Tensor, stop_at: int,
-                         to_input: bool = False, out: list[torch.Tensor] | None = None
+                         to_input: bool = False, out: list[torch.Tensor] | None = None, reuse: bool = False
                          ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (b, R_A,b [M,H,N,N]) for b = L−1 down to `stop_at`, from the one-hot of `classes` [M].
 
         `acts_of(b)` gives block b's intermediates, asked once per block in that order. With `to_input` the pass
         continues through block stop_at's attention and appends the relevance at its input [M,N,D] to `out`.
+        `reuse=True` writes every R_A into one buffer: a consumer must be done with R_A,b before asking for the next.
         """
+        workspace = Workspace(keep=reuse)
         model, st = as_vit(self.model), self.stabilizer
         head = cast(nn.Linear, model.head)  # check_supported: a Linear head
         L = len(model.blocks)
@@ -388,7 +334,7 @@ class LRPTransformerAttribution(GradientExplainer):
                     acts = acts_of(b)
                 # R_out is None only after the last visited block (stop_at_attention).
                 R_out, R_A = _relprop_block(model.blocks[b], acts, cast(torch.Tensor, R_out), st,
-                                            stop_at_attention=b == stop_at and not to_input)
+                                            stop_at_attention=b == stop_at and not to_input, workspace=workspace)
                 del acts
                 yield b, R_A
         if out is not None and R_out is not None:

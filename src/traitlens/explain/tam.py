@@ -9,9 +9,9 @@ from timm.models.vision_transformer import VisionTransformer
 from traitlens.backbones.introspect import ViTLayout, vit_layout
 from traitlens.backbones.protocols import as_vit
 from traitlens.backbones.trunk import head_forward
-from traitlens.explain._base import Explainer, forward_bytes, image_size, row_chunks
+from traitlens.explain._base import Explainer, image_size, row_chunks, sequence_bytes
 from traitlens.explain._explanation import Attribution
-from traitlens.explain._gradients import _check_batch_size, attention_bytes
+from traitlens.explain._gradients import _check_batch_size
 from traitlens.explain._registry import register_method
 from traitlens.explain._targets import TargetSpec, target_scores
 
@@ -73,8 +73,7 @@ class TokenAblationMap(Explainer):
     def _row_bytes(self, layout: ViTLayout) -> int:
         """Estimated peak memory of one sequence in a pass: the tokens, plus two attention-sized tensors (scores
         and probabilities) when a block runs its attention unfused."""
-        unfused = any(not getattr(blk.attn, "fused_attn", False) for blk in as_vit(self.model).blocks)
-        return forward_bytes(self.model, layout.num_tokens) + (2 * attention_bytes(layout) if unfused else 0)
+        return sequence_bytes(self.model, layout.num_tokens, layout.num_heads)
 
     def _ablated(self, E: torch.Tensor, b: torch.Tensor, i: torch.Tensor, n_p: int) -> torch.Tensor:
         """Sequences for (image b, patch i) pairs: [M,N−1,D] ('drop') or [M,N,D]."""

@@ -41,7 +41,7 @@ def tam_agreement(
     *,
     mode: str = "pooled",
     correlation: str = "pearson",
-    internal_batch_size: int = 64,
+    internal_batch_size: int | str | None = "auto",
 ) -> MetricResult:
     """Agreement with token ablation, the CDAM v1 "correctness" proxy (metrics.md §1.5). ↑.
 

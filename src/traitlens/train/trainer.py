@@ -426,7 +426,18 @@ def _autocast(model: nn.Module, device: torch.device, amp_dtype: torch.dtype | N
 
 
 def _write_history(out_dir: Path, history: list[dict[str, float]]) -> None:
-    atomic_write(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(history, indent=2)))
+    """metrics.json (and .csv) with the epochs so far: the list, or {"epochs": [...], "data": ...} where
+    `traitlens train` wrapped it with its data record (kept; a test score of an earlier run is not, it is
+    rewritten once the run is tested)."""
+    path = out_dir / "metrics.json"
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        existing = None
+    doc: Any = history
+    if isinstance(existing, dict) and "epochs" in existing:
+        doc = {"epochs": history, **({"data": existing["data"]} if "data" in existing else {})}
+    atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=2)))
     keys = list(dict.fromkeys(k for row in history for k in row))
 
     def write_csv(p: Path) -> None:
