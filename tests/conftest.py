@@ -28,6 +28,24 @@ def make_tiny_vit(depth: int = 1, dim: int = 8, heads: int = 2, patch: int = 4, 
     return model.to(dtype).eval()
 
 
+#: The smallest configurations of the interpretable models, on a micro ViT backbone.
+TINY_NATIVE = {"promptcam": {}, "intr": {"hidden_dim": 16, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
+                                         "dim_feedforward": 32},
+               "scouter": {"hidden_dim": 8, "slots_per_class": 2, "e": -1}}
+
+
+def make_tiny_native(kind: str, num_classes: int = 5, **options) -> tuple[nn.Module, nn.Module]:
+    """(model, backbone): a Prompt-CAM, INTR or SCOUTER on a random `traitlens-vit-micro` (32 px), seed 0, eval mode;
+    `options` override the tiny configuration."""
+    from traitlens.backbones import create_preset
+    from traitlens.models import INTR, SCOUTER, PromptCAM
+
+    torch.manual_seed(0)
+    backbone = create_preset("traitlens-vit-micro", 0)
+    cls = {"promptcam": PromptCAM, "intr": INTR, "scouter": SCOUTER}[kind]
+    return cls(backbone, num_classes, **{**TINY_NATIVE[kind], **options}).eval(), backbone
+
+
 def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, scanlines: bytes) -> bytes:
     """A PNG file written by hand from filtered scanlines (each row: filter byte + packed big-endian samples).
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn as nn
 
 import traitlens as tl
-from tests.conftest import make_tiny_vit
-from traitlens.backbones import create_preset
+from tests.conftest import make_tiny_native, make_tiny_vit
 from traitlens.backbones.probe import AttentionProbe
 from traitlens.explain import AmpUnsafeMethodError, _amp, explain, get_method, list_methods, register_method
 
@@ -92,15 +91,9 @@ def test_amp_maps_within_tolerance_on_a_vit(vit_and_images, method):
 
 @pytest.mark.parametrize("kind", ["promptcam", "intr", "scouter"])
 def test_amp_native_maps_within_tolerance(kind):
-    from traitlens.models import INTR, SCOUTER, PromptCAM
-
-    torch.manual_seed(0)
-    backbone = create_preset("traitlens-vit-micro", 0)
-    net = {"promptcam": lambda: PromptCAM(backbone, 3),
-           "intr": lambda: INTR(backbone, 3, hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32),
-           "scouter": lambda: SCOUTER(backbone, 3, hidden_dim=8, slots_per_class=2, e=-1, lambda_area=0.5)}[kind]()
+    net, _ = make_tiny_native(kind, 3, **({"lambda_area": 0.5} if kind == "scouter" else {}))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    check(peaked(net.eval(), x), x, "native")
+    check(peaked(net, x), x, "native")
 
 
 @pytest.mark.parametrize("method", [m.name for m in list_methods(family="cnn") if m.amp_tolerance is not None])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from traitlens.backbones import create_preset
+from tests.conftest import make_tiny_native
 from traitlens.explain import explain, get_method, list_methods
 
 OPTIONS = {"smoothgrad": {"n_samples": 2}, "smooth_cdam": {"n_samples": 2}, "integrated_cdam": {"n_steps": 2},
@@ -52,13 +52,7 @@ def test_flag_matches_the_trunk_passes(tiny_vit, tiny_images, method):
 
 @pytest.mark.parametrize("kind", ["promptcam", "intr", "scouter"])
 def test_native_maps_of_every_target_come_from_one_forward(kind):
-    from traitlens.models import INTR, SCOUTER, PromptCAM
-
-    torch.manual_seed(0)
-    backbone = create_preset("traitlens-vit-micro", 0)
-    net = {"promptcam": lambda: PromptCAM(backbone, 5),
-           "intr": lambda: INTR(backbone, 5, hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32),
-           "scouter": lambda: SCOUTER(backbone, 5, hidden_dim=8, slots_per_class=2, e=-1)}[kind]().eval()
+    net, backbone = make_tiny_native(kind)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert get_method("native").batched_targets
     for k in (1, 5):

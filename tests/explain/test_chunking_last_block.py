@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from traitlens.backbones import create_preset
+from tests.conftest import make_tiny_native
 from traitlens.backbones.introspect import vit_layout
 from traitlens.explain import _gradients, explain, get_method
 from traitlens.explain._base import last_block_row_bytes, sequence_bytes
@@ -127,11 +127,7 @@ def test_noise_is_the_same_whatever_the_chunks(tiny_vit, tiny_images, method):
 
 @pytest.mark.parametrize("method", ["cdam", "gradcam_vit", "smooth_cdam"])
 def test_prompted_vit_chunks_equal_one_pass(method):
-    from traitlens.models import PromptCAM
-
-    torch.manual_seed(0)
-    backbone = create_preset("traitlens-vit-micro", 0)
-    net = PromptCAM(backbone, 5).eval()
+    net, _ = make_tiny_native("promptcam")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     out = {ibs: run(net, x, method, target="topk:2", internal_batch_size=ibs) for ibs in (1, None)}
     torch.testing.assert_close(out[1].patch_maps, out[None].patch_maps, atol=1e-5, rtol=1e-5)
