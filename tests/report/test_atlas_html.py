@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.helpers import CHROMIUM_ARGS, chromium_path
+from tests.server.helpers import CHROMIUM_ARGS, chromium_path, collect_errors
 from traitlens.evaluation import Atlas, atlas
 from traitlens.report import write_atlas_html
 from traitlens.report.atlas_html import lift_colour
@@ -65,9 +65,7 @@ def test_pages_open_from_disk_in_chromium(pages):
         try:
             page = context.new_page()
             page.set_default_timeout(30_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            errors = collect_errors(page)
             page.on("request", lambda req: errors.append(f"request {req.url}")
                     if not req.url.startswith(("file:", "data:")) else None)
             page.goto((out / "index.html").as_uri())

@@ -106,3 +106,12 @@ def uvicorn_in_thread(config: Any) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def collect_errors(page: Any) -> list[str]:
+    """A list that fills with the page's uncaught errors and console errors (a Playwright page), for a test to
+    assert empty."""
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return errors

@@ -19,7 +19,14 @@ from traitlens.evaluation import Atlas, atlas
 from traitlens.server import ServerLimits, create_app
 from traitlens.server.atlas_view import find_atlases, load_atlases
 
-from .helpers import CHROMIUM_ARGS, chromium_path, decode_data_url, free_port, uvicorn_in_thread
+from .helpers import (
+    CHROMIUM_ARGS,
+    chromium_path,
+    collect_errors,
+    decode_data_url,
+    free_port,
+    uvicorn_in_thread,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +120,7 @@ def test_atlas_page_in_chromium(served):
                                                         args=CHROMIUM_ARGS)
         page = context.new_page()
         page.set_default_timeout(30_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        errors = collect_errors(page)
         page.goto(f"http://127.0.0.1:{port}/atlas")
         page.wait_for_selector("#atlas-state.ok")
         page.wait_for_selector("#atlas-classes tr.class-row")

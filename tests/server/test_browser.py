@@ -30,6 +30,7 @@ from .helpers import (  # noqa: E402
     CHROMIUM_ARGS,
     TinyConv,
     chromium_path,
+    collect_errors,
     decode_data_url,
     free_port,
     model_input,
@@ -74,10 +75,7 @@ def browser_page(live_server):
         try:
             pg = context.new_page()
             pg.set_default_timeout(60_000)
-            errors: list[str] = []
-            pg.on("pageerror", lambda err: errors.append(str(err)))
-            pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            pg.errors = errors
+            pg.errors = collect_errors(pg)
             yield pg
         finally:
             context.close()
