@@ -263,6 +263,9 @@ def serve(
                                                                  "next to the model (the quickstart's)."),
     atlas: list[Path] = typer.Option(None, help="A `traitlens atlas` folder to show at /atlas; repeat for several "
                                                 "(atlases next to a served model folder are found too)."),
+    device: str = typer.Option("auto", help="auto (cuda when available) | cpu | cuda | cuda:N"),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision for the amp-safe methods (the others stay "
+                                                  "float32; each response names its dtype)."),
 ) -> None:
     """Serve a local web page: upload an image, pick method/class/concept, see overlays and per-head maps.
 
@@ -272,7 +275,7 @@ def serve(
 
     run_server(model or None, host=host, port=port, docs=docs, examples=examples or None, workers=workers,
                queue_size=queue, max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout,
-               atlas=atlas or None)
+               atlas=atlas or None, device=_device(device), amp=amp)
 
 
 def _unique(name: str, used: set[str]) -> str:

@@ -41,9 +41,9 @@ def make_client(micro_dir) -> Iterator[Callable[..., object]]:
 
     clients = []
 
-    def make(models: dict | None = None, allowed_hosts: list[str] | None = None, **limits):
+    def make(models: dict | None = None, allowed_hosts: list[str] | None = None, amp: bool = False, **limits):
         app = create_app(models or {"micro": load_model(micro_dir)}, ServerLimits.from_kwargs(**limits),
-                         allowed_hosts=allowed_hosts)
+                         allowed_hosts=allowed_hosts, amp=amp)
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

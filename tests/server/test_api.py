@@ -160,3 +160,20 @@ def test_openapi_documents_the_api(make_client):
     assert {"/api/info", "/api/explain", "/api/concept", "/api/concepts", "/api/health"} <= set(schema["paths"])
     responses = schema["paths"]["/api/explain"]["post"]["responses"]
     assert {"200", "400", "404", "413", "415", "422", "503", "504"} <= set(responses)
+
+
+def test_amp_runs_the_amp_safe_methods_and_says_so(make_client, micro_model, monkeypatch):
+    """`serve --amp`: amp-safe methods run under autocast (bfloat16 here: the CPU is told it has bf16 units) within
+    their tolerance of the float32 map; an amp-unsafe method still answers, in float32, and says so."""
+    from traitlens.explain import _amp, get_method
+
+    monkeypatch.setattr(_amp, "cpu_has_bf16", lambda: True)
+    data = png_bytes(80, 60)
+    fp32 = post_explain(make_client(), data, method="cdam", target="0", include_raw="true").json()
+    client = make_client(amp=True)
+    half = post_explain(client, data, method="cdam", target="0", include_raw="true").json()
+    assert fp32["amp"] is None and half["amp"] == "bfloat16"
+    a, b = torch.tensor(fp32["targets"][0]["raw"]), torch.tensor(half["targets"][0]["raw"])
+    assert float((a - b).abs().max() / (a.max() - a.min())) <= get_method("cdam").amp_tolerance
+    unsafe = post_explain(client, data, method="lrp", target="0")
+    assert unsafe.status_code == 200 and unsafe.json()["amp"] is None

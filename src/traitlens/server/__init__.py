@@ -43,12 +43,13 @@ def _require_web() -> None:
 
 def create_app(models: dict[str, nn.Module], limits: ServerLimits | None = None,
                allowed_hosts: list[str] | None = None, docs: bool = False,
-               atlases: dict[str, Atlas] | None = None, examples: Sequence[str | Path] = ()) -> FastAPI:
+               atlases: dict[str, Atlas] | None = None, examples: Sequence[str | Path] = (),
+               amp: bool = False) -> FastAPI:
     """Build the FastAPI app (see `traitlens.server.app.create_app`); needs the 'web' extra."""
     _require_web()
     from traitlens.server.app import create_app as _create
 
-    return _create(models, limits, allowed_hosts, docs=docs, atlases=atlases, examples=examples)
+    return _create(models, limits, allowed_hosts, docs=docs, atlases=atlases, examples=examples, amp=amp)
 
 
 def _model_specs(model: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
@@ -141,7 +142,8 @@ def is_loopback(host: str) -> bool:
 
 def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "127.0.0.1", port: int = 8000,
           docs: bool = False, atlas: Sequence[str | Path] | None = None,
-          examples: Sequence[str | Path] | None = None, **limits: Any) -> None:
+          examples: Sequence[str | Path] | None = None, device: str = "cpu", amp: bool = False,
+          **limits: Any) -> None:
     """Serve the explanation page and JSON API until interrupted.
 
     Args:
@@ -154,6 +156,9 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
         examples: folders of sample images the page offers to click; None: the `samples/` folders found next to
             the models (the quickstart's `traitlens-quickstart/samples/`). TraitShapes renders (and
             scikit-image's photos, when installed) follow them (`traitlens.server.examples`).
+        device: where the models run ("cpu", "cuda", "cuda:1", ...).
+        amp: mixed precision (`explain(..., amp=True)`) for the amp-safe methods; the others run in float32, and
+            every response's `amp` field says which dtype its maps were computed in.
         **limits: fields of `ServerLimits` (e.g. `workers=2, queue_size=8, timeout_s=120,
             max_upload_bytes=8 << 20, header_timeout_s=10`); None values keep the defaults.
 
@@ -172,7 +177,7 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
 
     from traitlens.server._protocol import uvicorn_config
 
-    models = load_served_models(model)
+    models = {name: net.to(device) for name, net in load_served_models(model).items()}
     if examples is None:
         from traitlens.server.examples import sample_folders
 
@@ -186,7 +191,7 @@ def serve(model: str | Path | Sequence[str | Path] | None = None, host: str = "1
                     "authentication); bind 127.0.0.1 unless you mean it", host)
         allowed = ["*"]
     app = create_app(models, lim, allowed_hosts=allowed, docs=docs, atlases=_served_atlases(atlas, model, models),
-                     examples=examples)
+                     examples=examples, amp=amp)
     shown = f"[{host}]" if ":" in host else host
     log.info("traitlens serve: http://%s:%d/  (API schema: /openapi.json%s; models: %s)", shown, port,
              ", /docs" if docs else "", ", ".join(models))

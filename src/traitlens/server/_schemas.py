@@ -185,4 +185,6 @@ class ExplainOut(BaseModel):
     map_shape: list[int] = Field(description="shape of Explanation.maps [B, K, H, W]")
     patch_map_shape: list[int] = Field(description="shape of Explanation.patch_maps [B, K, h, w]")
     head_maps_shape: list[int] | None = Field(description="shape of Explanation.head_maps [B, K, R, h, w] or null")
+    amp: str | None = Field(None, description="the autocast dtype the maps were computed in ('bfloat16', 'float16'; "
+                                              "`serve --amp`, amp-safe methods only), or null: float32")
     seconds: float

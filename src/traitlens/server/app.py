@@ -48,6 +48,7 @@ def create_app(
     docs: bool = False,
     atlases: Mapping[str, Atlas] | None = None,
     examples: Sequence[str | Path] = (),
+    amp: bool = False,
 ) -> FastAPI:
     """Build the app serving `models` (name → loaded model; the first is the default).
 
@@ -60,6 +61,7 @@ def create_app(
         atlases: trait atlases to show at `/atlas` (name → `Atlas`, see `server.atlas_view.load_atlases`).
         examples: folders of sample images the page offers to click, before the built-in ones
             (`traitlens.server.examples`).
+        amp: mixed precision for the amp-safe methods (the others run in float32); responses name the dtype.
 
     Returns:
         The FastAPI app; its OpenAPI schema is at `/openapi.json`, the page at `/` (and `/docs` with `docs`).
@@ -68,7 +70,7 @@ def create_app(
         >>> app = create_app({"micro": load_model("runs/micro/best")})  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
-    srv = Server(models, limits or ServerLimits(), examples)
+    srv = Server(models, limits or ServerLimits(), examples, amp=amp)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -129,10 +129,11 @@ class Server:
     """State and handlers of one app: the served models, the pool, the concepts."""
 
     def __init__(self, models: Mapping[str, nn.Module], limits: ServerLimits,
-                 examples: Sequence[str | Path] = ()) -> None:
+                 examples: Sequence[str | Path] = (), amp: bool = False) -> None:
         if not models:
             raise ValueError("create_app needs at least one model")
         self.limits = limits
+        self.amp = amp  # for the amp-safe methods only
         self.pool = BoundedPool(limits.workers, limits.queue_size)
         self.concepts = ConceptStore(limits.max_concepts)
         self.results = ResultStore(limits.max_results)
@@ -306,14 +307,16 @@ class Server:
         model = served.replicas.acquire()
         try:
             x = self._input(model, x01)
-            exp = explain(model, x, method=info.name, target=req.target.value, normalize="none")
+            amp = self.amp and info.amp_tolerance is not None
+            exp = explain(model, x, method=info.name, target=req.target.value, normalize="none", amp=amp).cpu()
             logits = exp.logits
             if logits is None:
                 with torch.no_grad():
-                    logits = model(x)
+                    logits = model(x).cpu()
             other = None
             if req.contrast is not None:
-                other = explain(model, x, method=info.name, target=req.contrast.value, normalize="none")
+                other = explain(model, x, method=info.name, target=req.contrast.value, normalize="none",
+                                amp=amp).cpu()
         finally:
             served.replicas.release(model)
         probs = logits.detach().float().softmax(-1)[0]
@@ -337,7 +340,7 @@ class Server:
             predictions=_predictions(logits, probs, served.class_names), targets=targets, contrast=contrast,
             map_shape=list(exp.maps.shape), patch_map_shape=list(exp.patch_maps.shape),
             head_maps_shape=None if exp.head_maps is None else list(exp.head_maps.shape),
-            seconds=round(time.perf_counter() - start, 4))
+            amp=exp.extras.get("amp"), seconds=round(time.perf_counter() - start, 4))
 
     def _targets_out(self, exp: Explanation, probs: torch.Tensor, shown: np.ndarray, small: np.ndarray | None,
                      scale: MapScale, head_scale: MapScale | None, include_raw: bool) -> list[TargetOut]:
