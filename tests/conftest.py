@@ -46,6 +46,18 @@ def make_tiny_native(kind: str, num_classes: int = 5, **options) -> tuple[nn.Mod
     return cls(backbone, num_classes, **{**TINY_NATIVE[kind], **options}).eval(), backbone
 
 
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`traitlens ARGS` through the script's entry point (`main`), in this process: (exit code, stderr)."""
+    import sys
+
+    from traitlens.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["traitlens", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return int(stop.value.code or 0), capsys.readouterr().err
+
+
 def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, scanlines: bytes) -> bytes:
     """A PNG file written by hand from filtered scanlines (each row: filter byte + packed big-endian samples).
 
@@ -78,6 +90,16 @@ def make_uniform_vit(depth: int = 1, **kwargs) -> VisionTransformer:
             blk.mlp.fc2.bias.zero_()
     model.norm = nn.Identity()
     return model
+
+
+@pytest.fixture
+def micro_model_dir(tmp_path):
+    """A saved random `traitlens-vit-micro` (32 px, classes ant, bee, cow): a model folder for the CLI."""
+    from traitlens.backbones import create_preset, save_model
+
+    path = tmp_path / "model"
+    save_model(create_preset("traitlens-vit-micro", 3, class_names=["ant", "bee", "cow"]), path)
+    return path
 
 
 @pytest.fixture

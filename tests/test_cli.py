@@ -11,22 +11,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import png16, png_bytes
+from tests.conftest import png16, png_bytes, run_main
 from traitlens.backbones import create_preset, load_model, save_model
-from traitlens.cli import app, main, output_stems
+from traitlens.cli import app, output_stems
 from traitlens.data.traitshapes import TraitShapes, TraitShapesConfig, export_cub
 from traitlens.explain import list_methods, method_refusal, supported_methods
 from traitlens.models import build_interpretable
 from traitlens.train import load_checkpoint
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def micro_model(tmp_path):
-    path = tmp_path / "model"
-    save_model(create_preset("traitlens-vit-micro", 3, class_names=["ant", "bee", "cow"]), path)
-    return path
 
 
 @pytest.fixture
@@ -81,9 +74,9 @@ def test_explain_refuses_an_incompatible_method_with_the_registry_reason(tmp_pat
     assert (tmp_path / "ok" / "img0_cdam_bee.png").is_file()
 
 
-def test_explain_writes_overlays_and_raw_maps(tmp_path, micro_model, image_files) -> None:
+def test_explain_writes_overlays_and_raw_maps(tmp_path, micro_model_dir, image_files) -> None:
     out = tmp_path / "maps"
-    result = runner.invoke(app, ["explain", *map(str, image_files), "--model", str(micro_model),
+    result = runner.invoke(app, ["explain", *map(str, image_files), "--model", str(micro_model_dir),
                                  "--method", "cdam", "--target", "topk:2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     pngs = sorted(out.glob("*.png"))
@@ -94,16 +87,16 @@ def test_explain_writes_overlays_and_raw_maps(tmp_path, micro_model, image_files
     assert "ant" in result.output or "bee" in result.output or "cow" in result.output
 
 
-def test_explain_by_class_name(tmp_path, micro_model, image_files) -> None:
-    result = runner.invoke(app, ["explain", str(image_files[0]), "--model", str(micro_model), "--method",
+def test_explain_by_class_name(tmp_path, micro_model_dir, image_files) -> None:
+    result = runner.invoke(app, ["explain", str(image_files[0]), "--model", str(micro_model_dir), "--method",
                                  "rollout", "--target", "bee", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "img0_rollout_bee.png").is_file()
 
 
-def test_explain_with_one_target_per_image(tmp_path, micro_model, image_files) -> None:
+def test_explain_with_one_target_per_image(tmp_path, micro_model_dir, image_files) -> None:
     """'--target 0,cow' is a list with one class per image (parse_target_text)."""
-    result = runner.invoke(app, ["explain", *map(str, image_files), "--model", str(micro_model), "--method",
+    result = runner.invoke(app, ["explain", *map(str, image_files), "--model", str(micro_model_dir), "--method",
                                  "rollout", "--target", "0,cow", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["img0_rollout_ant.png", "img1_rollout_cow.png"]
@@ -114,13 +107,13 @@ def test_explain_with_one_target_per_image(tmp_path, micro_model, image_files) -
     (["--target", "zebra"], "unknown class name 'zebra'"),
     (["--corrupt"], "cannot read image"),
 ])
-def test_user_errors_are_one_line(tmp_path, micro_model, image_files, args, message) -> None:
+def test_user_errors_are_one_line(tmp_path, micro_model_dir, image_files, args, message) -> None:
     img = image_files[0]
     if args == ["--corrupt"]:
         img = tmp_path / "broken.png"
         img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         args = []
-    proc = subprocess.run([sys.executable, "-m", "traitlens", "explain", str(img), "--model", str(micro_model),
+    proc = subprocess.run([sys.executable, "-m", "traitlens", "explain", str(img), "--model", str(micro_model_dir),
                            "--out", str(tmp_path / "o"), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
@@ -151,26 +144,18 @@ def test_data_traitshapes_exports_cub_layout(tmp_path) -> None:
     assert len(lines) == 12
 
 
-def test_evaluate_with_least_similar_class_targets(tmp_path, micro_model) -> None:
+def test_evaluate_with_least_similar_class_targets(tmp_path, micro_model_dir) -> None:
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--methods",
+    result = runner.invoke(app, ["evaluate", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--methods",
                                  "rollout,cdam", "--metrics", "energy_pointing_game@class", "--target", "lsc",
                                  "--lsc", "traits", "--out", str(out)])
     assert result.exit_code == 0, result.output
     md = (out / "results.md").read_text()
     assert "lsc" in md and "traits" in md
     assert "rollout" in result.output and "cdam" in result.output
-    bad = runner.invoke(app, ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--target", "lsc",
+    bad = runner.invoke(app, ["evaluate", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--target", "lsc",
                               "--lsc", "wordnet", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "wordnet" in (bad.output + str(bad.exception)).lower()
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`traitlens ARGS` through the script's entry point (`main`), in this process: (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["traitlens", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    return int(stop.value.code or 0), capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("case", "message"), [
@@ -178,7 +163,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     ("out_is_a_file", "is a file, not a folder"),
     ("oversized_image", "image too large: 10000×10000 = 100000000 pixels is more than the limit of 64000000"),
 ])
-def test_explain_user_mistakes_are_one_line(tmp_path, micro_model, image_files, monkeypatch, capsys, case,
+def test_explain_user_mistakes_are_one_line(tmp_path, micro_model_dir, image_files, monkeypatch, capsys, case,
                                             message) -> None:
     img, args = image_files[0], []
     if case == "huge_target":
@@ -189,7 +174,7 @@ def test_explain_user_mistakes_are_one_line(tmp_path, micro_model, image_files, 
     else:
         img = tmp_path / "bomb.png"
         img.write_bytes(png_bytes(10_000, 10_000, 1, 0, bytes(1 + 10_000 // 8) * 10_000))
-    code, err = run_main(monkeypatch, capsys, "explain", str(img), "--model", str(micro_model),
+    code, err = run_main(monkeypatch, capsys, "explain", str(img), "--model", str(micro_model_dir),
                          "--out", str(tmp_path / "o"), *args)
     assert code == 2
     assert message in err and "Traceback" not in err
@@ -198,7 +183,7 @@ def test_explain_user_mistakes_are_one_line(tmp_path, micro_model, image_files, 
         assert (tmp_path / "taken").read_text() == "mine"
 
 
-def test_explain_never_overwrites_an_output(tmp_path, micro_model, monkeypatch, capsys) -> None:
+def test_explain_never_overwrites_an_output(tmp_path, micro_model_dir, monkeypatch, capsys) -> None:
     """Two inputs named ok.png get ok_… and ok-2_…; a second run refuses to overwrite unless --force."""
     rng = np.random.default_rng(3)
     inputs = []
@@ -207,7 +192,7 @@ def test_explain_never_overwrites_an_output(tmp_path, micro_model, monkeypatch, 
         inputs.append(tmp_path / folder / "ok.png")
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(inputs[-1])
     out = tmp_path / "o"
-    args = ["explain", *map(str, inputs), "--model", str(micro_model), "--method", "raw_attention",
+    args = ["explain", *map(str, inputs), "--model", str(micro_model_dir), "--method", "raw_attention",
             "--target", "0,0", "--out", str(out)]
     code, err = run_main(monkeypatch, capsys, *args)
     assert code == 0, err
@@ -231,7 +216,7 @@ def test_output_stems() -> None:
     assert output_stems(paths) == ["ok", "ok-2", "ok-2-2", "OK-3", "x"]
 
 
-def test_sixteen_bit_pixels_match_in_api_cli_and_server(tmp_path, micro_model, monkeypatch, capsys) -> None:
+def test_sixteen_bit_pixels_match_in_api_cli_and_server(tmp_path, micro_model_dir, monkeypatch, capsys) -> None:
     """A 16-bit grey and a 16-bit RGB PNG give the same, hand-checked 8-bit pixels on every path."""
     import traitlens as tl
     import traitlens.backbones
@@ -262,7 +247,7 @@ def test_sixteen_bit_pixels_match_in_api_cli_and_server(tmp_path, micro_model, m
         return seen[-1]
 
     monkeypatch.setattr(traitlens.backbones, "load_images", spy)  # the CLI imports it when it runs
-    code, err = run_main(monkeypatch, capsys, "explain", str(grey), str(rgb), "--model", str(micro_model),
+    code, err = run_main(monkeypatch, capsys, "explain", str(grey), str(rgb), "--model", str(micro_model_dir),
                          "--method", "raw_attention", "--out", str(tmp_path / "o"))
     assert code == 0, err
     cli = as_uint8(seen[0])

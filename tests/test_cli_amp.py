@@ -3,24 +3,14 @@ registry tolerance, amp-unsafe ones are refused in one line before anything is w
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from traitlens.backbones import create_preset, save_model
-from traitlens.cli import main
+from tests.conftest import run_main
 from traitlens.evaluation.cli import amp_options
 from traitlens.explain import AmpUnsafeMethodError, amp_refusal, get_method, list_methods
 from traitlens.explain._amp import cpu_has_bf16
-
-
-@pytest.fixture
-def micro_model(tmp_path):
-    path = tmp_path / "model"
-    save_model(create_preset("traitlens-vit-micro", 3, class_names=["ant", "bee", "cow"]), path)
-    return path
 
 
 @pytest.fixture
@@ -28,13 +18,6 @@ def image_file(tmp_path):
     path = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["traitlens", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    return int(stop.value.code or 0), capsys.readouterr().err
 
 
 def test_amp_refusal_names_the_safe_methods():
@@ -54,11 +37,11 @@ def test_amp_options_mark_every_method_or_refuse_all_unsafe_ones():
         amp_options(["cdam", "lrp", "tam"], None)
 
 
-def test_explain_with_amp_stays_within_the_tolerance(tmp_path, micro_model, image_file, monkeypatch, capsys):
+def test_explain_with_amp_stays_within_the_tolerance(tmp_path, micro_model_dir, image_file, monkeypatch, capsys):
     maps = {}
     for flag in ("--no-amp", "--amp"):
         out = tmp_path / flag.strip("-")
-        args = ["explain", str(image_file), "--model", str(micro_model), "--method", "cdam", "--target", "topk:2",
+        args = ["explain", str(image_file), "--model", str(micro_model_dir), "--method", "cdam", "--target", "topk:2",
                 "--device", "cpu", "--normalize", "none", "--out", str(out)]
         code, err = run_main(monkeypatch, capsys, *(args if flag == "--no-amp" else [*args, "--amp"]))
         assert code == 0, err
@@ -72,11 +55,11 @@ def test_explain_with_amp_stays_within_the_tolerance(tmp_path, micro_model, imag
 
 
 @pytest.mark.parametrize("command", ["explain", "atlas", "evaluate"])
-def test_amp_unsafe_method_is_refused_in_one_line(tmp_path, micro_model, image_file, monkeypatch, capsys, command):
+def test_amp_unsafe_method_is_refused_in_one_line(tmp_path, micro_model_dir, image_file, monkeypatch, capsys, command):
     out = tmp_path / "out"
-    args = {"explain": ["explain", str(image_file), "--model", str(micro_model), "--method", "lrp"],
-            "atlas": ["atlas", "--model", str(micro_model), "--data", "traitshapes:4", "--method", "lrp"],
-            "evaluate": ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--methods",
+    args = {"explain": ["explain", str(image_file), "--model", str(micro_model_dir), "--method", "lrp"],
+            "atlas": ["atlas", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--method", "lrp"],
+            "evaluate": ["evaluate", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--methods",
                          "cdam,lrp", "--metrics", "deletion"]}[command]
     code, err = run_main(monkeypatch, capsys, *args, "--out", str(out), "--amp")
     assert code == 2 and "amp-unsafe" in err and "lrp" in err and "Traceback" not in err
@@ -84,9 +67,9 @@ def test_amp_unsafe_method_is_refused_in_one_line(tmp_path, micro_model, image_f
     assert not out.exists()
 
 
-def test_atlas_resume_must_match_amp(tmp_path, micro_model, monkeypatch, capsys):
+def test_atlas_resume_must_match_amp(tmp_path, micro_model_dir, monkeypatch, capsys):
     out = tmp_path / "atlas"
-    args = ["atlas", "--model", str(micro_model), "--data", "traitshapes:4", "--method", "cdam", "--device", "cpu",
+    args = ["atlas", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--method", "cdam", "--device", "cpu",
             "--max-per-class", "1", "--out", str(out)]
     code, err = run_main(monkeypatch, capsys, *args, "--amp")
     assert code == 0, err
@@ -95,9 +78,9 @@ def test_atlas_resume_must_match_amp(tmp_path, micro_model, monkeypatch, capsys)
     assert code == 2 and "options" in err and "Traceback" not in err
 
 
-def test_evaluate_with_amp_keeps_its_own_cache(tmp_path, micro_model, monkeypatch, capsys):
+def test_evaluate_with_amp_keeps_its_own_cache(tmp_path, micro_model_dir, monkeypatch, capsys):
     out = tmp_path / "eval"
-    args = ["evaluate", "--model", str(micro_model), "--data", "traitshapes:4", "--methods", "cdam", "--metrics",
+    args = ["evaluate", "--model", str(micro_model_dir), "--data", "traitshapes:4", "--methods", "cdam", "--metrics",
             "deletion", "--out", str(out)]
     for extra in ([], ["--amp"]):
         code, err = run_main(monkeypatch, capsys, *args, *extra)
