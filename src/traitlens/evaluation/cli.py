@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from traitlens.evaluation.evaluate import EvalResults, evaluate
 from traitlens.evaluation.lsc import LscRule
-from traitlens.explain import AmpUnsafeMethodError, amp_refusal, list_methods
+from traitlens.explain import AmpUnsafeMethodError, amp_refusal, amp_safe_methods
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -188,9 +188,8 @@ def amp_options(methods: Sequence[str], method_options: Mapping[str, Mapping[str
     """
     unsafe = [m for m in methods if amp_refusal(m) is not None]
     if unsafe:
-        safe = ", ".join(m.name for m in list_methods() if m.amp_tolerance is not None)
         raise AmpUnsafeMethodError(f"amp-unsafe methods (half precision breaks their maps): {', '.join(unsafe)}; "
-                                   f"drop --amp or keep to: {safe}")
+                                   f"drop --amp or keep to: {', '.join(amp_safe_methods())}")
     options = {m: dict(o) for m, o in (method_options or {}).items()}
     for m in methods:
         options.setdefault(m, {})["amp"] = True

@@ -6,7 +6,7 @@ New methods subclass `Explainer` (or `GradientExplainer`) and register with `@re
 import importlib
 import pkgutil
 
-from traitlens.explain._amp import AmpUnsafeMethodError, amp_refusal
+from traitlens.explain._amp import AmpUnsafeMethodError, amp_refusal, amp_safe_methods
 from traitlens.explain._base import Explainer
 from traitlens.explain._compat import (
     FAMILIES,
@@ -43,6 +43,7 @@ __all__ = [
     "MethodInfo",
     "TargetSpec",
     "amp_refusal",
+    "amp_safe_methods",
     "explain",
     "get_method",
     "list_methods",

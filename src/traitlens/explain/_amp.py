@@ -20,7 +20,8 @@ import torch
 from traitlens.explain._explanation import Attribution
 from traitlens.explain._registry import MethodInfo, get_method, list_methods
 
-__all__ = ["AmpUnsafeMethodError", "amp_context", "amp_dtype", "amp_refusal", "cpu_has_bf16", "to_input_dtype"]
+__all__ = ["AmpUnsafeMethodError", "amp_context", "amp_dtype", "amp_refusal", "amp_safe_methods", "cpu_has_bf16",
+           "to_input_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,13 @@ def amp_refusal(method: str | MethodInfo) -> str | None:
     info = get_method(method) if isinstance(method, str) else method
     if info.amp_tolerance is not None:
         return None
-    safe = ", ".join(m.name for m in list_methods() if m.amp_tolerance is not None)
-    return f"method '{info.name}' is amp-unsafe (half precision breaks its maps); drop amp, or use one of: {safe}"
+    return (f"method '{info.name}' is amp-unsafe (half precision breaks its maps); drop amp, or use one of: "
+            f"{', '.join(amp_safe_methods())}")
+
+
+def amp_safe_methods() -> list[str]:
+    """The registered methods that state an `amp_tolerance`, i.e. may run with `amp=True`."""
+    return [m.name for m in list_methods() if m.amp_tolerance is not None]
 
 
 def to_input_dtype(raw: Attribution, dtype: torch.dtype) -> Attribution:
