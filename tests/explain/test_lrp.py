@@ -130,6 +130,21 @@ def test_safe_divide_zero_and_tiny_denominators():
     assert ref[0] == 0 and torch.isclose(ref[3], torch.tensor(2 / (4 + 1e-9), dtype=f64))
 
 
+@pytest.mark.parametrize("shape", [(4,), (3, 4)])
+def test_safe_divide_into_the_denominator_buffer_and_broadcast(shape):
+    """`overwrite=True` writes the quotient into b's buffer with the same values, tiny and zero denominators
+    included; a denominator broadcast over a larger numerator gives the same values as a full-size one."""
+    b = torch.tensor([0.0, 1e-12, -1e-12, 4.0], dtype=f64).expand(*shape).contiguous()
+    a = torch.arange(1.0, b.numel() + 1, dtype=f64).reshape(shape)
+    expected = a / torch.tensor([1.0, 1e-9, -1e-9, 4.0], dtype=f64)
+    expected[..., 0] = 0.0
+    got = safe_divide(a, b.clone(), overwrite=True)
+    torch.testing.assert_close(got, expected, atol=0, rtol=1e-15)
+    buf = b.clone()
+    assert safe_divide(a, buf, overwrite=True).data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(safe_divide(a, b[..., :1, :] if b.dim() > 1 else b), expected, atol=0, rtol=1e-15)
+
+
 # --- the functional block and the whole pass --------------------------------------------------------------------
 
 

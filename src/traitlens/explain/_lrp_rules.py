@@ -34,12 +34,11 @@ def safe_divide(a: torch.Tensor, b: torch.Tensor, stabilizer: str = "clamp", ove
         # b's buffer when allowed) and redo only the rare entries with |b| < ε. Same values as clamping the whole
         # denominator: b ≥ 0 → max(b, ε), b < 0 → min(b, −ε), b = ±0 → 0.
         small = (b < EPS).logical_and_(b > -EPS)
-        fix = bool(small.any())
-        tiny = b[small] if fix and b.shape == small.shape else None
+        tiny = b[small] if bool(small.any()) else None  # read before b's buffer may take the quotient
         inplace = overwrite and b.shape == torch.broadcast_shapes(a.shape, b.shape) and b.dtype == a.dtype
         out = torch.div(a, b, out=b) if inplace else a / b
-        if fix:
-            if tiny is None or out.shape != small.shape:  # broadcasting denominators: the plain, slower form
+        if tiny is not None:
+            if out.shape != small.shape:  # a broadcasts over b (never in place): the plain, slower form
                 den = b.abs().clamp_(min=EPS).copysign_(b)
                 return torch.where(small, (a / den).masked_fill_(b == 0, 0.0), out)
             num = a.expand_as(out)[small]
