@@ -36,8 +36,11 @@ def image_files(tmp_path):
 def test_methods_lists_the_registry() -> None:
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:]}
     for info in list_methods():
-        assert info.name in result.output
+        assert info.name in rows
+        # the amp column: the tolerance `--amp` keeps the maps within, or '-' where --amp is refused
+        assert rows[info.name][4] == ("-" if info.amp_tolerance is None else f"{info.amp_tolerance:g}")
 
 
 @pytest.fixture

@@ -398,10 +398,11 @@ def methods(
         infos = supported_methods(net)
         typer.echo(f"{model} ({type(net).__name__}) offers {', '.join(model_families(net)) or 'no family'}; "
                    f"{len(infos)} of {len(list_methods())} methods run on it")
-    typer.echo(f"{'name':22} {'signed':6} {'class':5} {'grad':4} {'families':24} cost")
+    typer.echo(f"{'name':22} {'signed':6} {'class':5} {'grad':4} {'amp':5} {'families':24} cost")
     for m in infos:
+        amp = "-" if m.amp_tolerance is None else f"{m.amp_tolerance:g}"  # the tolerance --amp keeps the maps within
         typer.echo(f"{m.name:22} {'yes' if m.signed else 'no':6} {'yes' if m.class_specific else 'no':5} "
-                   f"{'yes' if m.needs_grad else 'no':4} {','.join(m.families):24} {m.cost}")
+                   f"{'yes' if m.needs_grad else 'no':4} {amp:5} {','.join(m.families):24} {m.cost}")
 
 
 def main() -> None:
