@@ -77,8 +77,9 @@ def _chunks(n_images: int, num_targets: int, expand: bool, internal_batch_size: 
     return [(s, min(s + step, n_images)) for s in range(0, n_images, step)]
 
 
-def _resolve_chunk(target: TargetSpec, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Class ids [n,K] for images start..stop-1, from the logits of that chunk (no extra forward)."""
+def _resolve_chunk(target: TargetSpec, logits: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+    """Class ids [n,K] for images start..stop-1, from the logits of that chunk (no extra forward; None for a
+    headless model's concept target)."""
     ids = target.resolve(logits)
     return ids if target.needs_logits else ids[start:stop]
 

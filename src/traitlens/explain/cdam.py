@@ -13,6 +13,7 @@ last-block norm1 output over the class tokens, prefix and patches, y is the mode
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -30,7 +31,7 @@ from traitlens.explain._base import (
     sequence_bytes,
 )
 from traitlens.explain._explanation import Attribution
-from traitlens.explain._gradients import _check_batch_size, _rows_per_pass
+from traitlens.explain._gradients import _check_batch_size, _resolve_chunk, _rows_per_pass
 from traitlens.explain._registry import register_method
 from traitlens.explain._sites import LastBlock, prompted_site
 from traitlens.explain._targets import TargetSpec, target_scores
@@ -203,15 +204,6 @@ def cdam_rows(
     return torch.cat(out).view(M, K, -1)
 
 
-def _chunk_resolver(target: TargetSpec, start: int, stop: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
-    """Resolves the targets of images start..stop−1 from that chunk's own logits (fixed ids: their rows)."""
-    def resolve(logits: torch.Tensor | None) -> torch.Tensor:
-        ids = target.resolve(logits)
-        return ids if target.needs_logits else ids[start:stop]
-
-    return resolve
-
-
 def to_attribution(
     scores: torch.Tensor, layout: ViTLayout, targets: torch.Tensor, logits: torch.Tensor | None,
     exclude_prefix: bool, extras: dict[str, Any] | None = None, num_queries: int = 0,
@@ -285,7 +277,7 @@ class CDAM(Explainer):
         if K == 1 or self.multi_target == "vjp":
             # One last-block forward per chunk gives the logits to resolve top-k targets and the graph to
             # differentiate; a 'vjp' image carries the gradients of its K targets.
-            parts = [cdam_pass(self.model, x[start:stop], _chunk_resolver(target, start, stop), **kw)
+            parts = [cdam_pass(self.model, x[start:stop], partial(_resolve_chunk, target, start=start, stop=stop), **kw)
                      for start, stop in row_chunks(x.shape[0], self.internal_batch_size, row_bytes * K)]
             scores = torch.cat([p[0] for p in parts])
             logits = None if parts[0][1] is None else torch.cat([cast(torch.Tensor, p[1]) for p in parts])
